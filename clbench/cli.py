@@ -1,0 +1,185 @@
+"""The `clbench` command line: list, run, bench, report.
+
+User errors (bad names, values, files, missing data) print one line and exit
+with code 2; a suite whose cells partly failed exits with code 1 after storing
+every result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from clbench.errors import ClbenchError
+
+PROFILES = ("smoke", "quick", "full")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="dataset folder (default: $CLBENCH_DATA, then ./data)")
+    p.add_argument("--no-download", dest="download", action="store_false", default=None,
+                   help="never download missing data (default: download unless CI or CLBENCH_OFFLINE=1)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="load a strategy/scenario/model file that is not installed (repeatable)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. lr=0.05, strategy.ewc_lambda=10, scenario.n_experiences=3")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clbench", description="Continual-learning benchmark suite on Avalanche.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered strategies, scenarios, models or plugins")
+    p.add_argument("what", nargs="?", default="all", choices=("all", "strategies", "scenarios", "models", "plugins"))
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+
+    p = sub.add_parser("run", help="run one cell (scenario x strategy x seed)")
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--strategy", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", choices=PROFILES, default="quick")
+    p.add_argument("--out", default="runs/single", help="run directory (default: runs/single)")
+    _add_data_args(p)
+
+    p = sub.add_parser("bench", help="run a suite file (scenarios x strategies x seeds), resumable")
+    p.add_argument("suite", help="suite TOML file, e.g. suites/quick.toml")
+    p.add_argument("--out", help="run directory (default: runs/<suite name>)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip cells that already have an ok result (default); --no-resume reruns them")
+    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel worker processes (default 1)")
+    p.add_argument("--report", metavar="DIR", help="also write the report to DIR when the suite ends")
+    _add_data_args(p)
+
+    p = sub.add_parser("report", help="build tables and plots from a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="OTHER_RUN_DIR", help="runs to put side by side")
+    p.add_argument("--formats", default="md,csv,tex,html,png", help="comma-separated subset of md,csv,tex,html,png")
+    return parser
+
+
+def _load_plugins(files: list[str]) -> None:
+    from clbench.registry import load_plugin_file
+
+    for path in files:
+        load_plugin_file(path)
+
+
+def cmd_list(args) -> int:
+    from clbench.registry import MODELS, PLUGINS, SCENARIOS, STRATEGIES
+
+    _load_plugins(args.plugin)
+    sections = {
+        "strategies": (STRATEGIES, lambda s: f"[{', '.join(s.supports)}] {s.description}"),
+        "scenarios": (SCENARIOS, lambda s: f"[{s.scenario_type}] {s.description}"),
+        "models": (MODELS, lambda s: s.description),
+        "plugins": (PLUGINS, lambda s: s.description),
+    }
+    for name, (registry, describe) in sections.items():
+        if args.what not in ("all", name):
+            continue
+        if args.what == "all":
+            print(f"{name}:")
+        names = registry.names()
+        if not names:
+            print("  (none registered)")
+        width = max((len(n) for n in names), default=0)
+        for n in names:
+            print(f"  {n:<{width}}  {describe(registry.get(n))}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from clbench.config import parse_set_args
+    from clbench.resolve import resolve_config
+    from clbench.suite import outcome_lines, run_suite
+
+    _load_plugins(args.plugin)
+    cfg = resolve_config(args.scenario, args.strategy, seed=args.seed, profile=args.profile,
+                         overrides=parse_set_args(args.sets))
+    outcome = run_suite([cfg], Path(args.out), resume=False, data_root=args.data_root, download=args.download,
+                        progress=not args.quiet, suite_name=f"{cfg.scenario}/{cfg.label}")
+    _print_cell_summary(Path(args.out), outcome)
+    print("\n".join(outcome_lines(outcome)))
+    return 0 if not outcome.failed else 1
+
+
+def _print_cell_summary(run_dir: Path, outcome) -> None:
+    from clbench.metrics import cell_metrics
+    from clbench.store import read_result, result_path
+
+    for cid in outcome.ok:
+        result = read_result(result_path(run_dir, cid))
+        m = cell_metrics(result)
+        print(f"{cid}: ACC {m['acc']:.4f}  forgetting {m['forgetting']:.4f}  BWT {m['bwt']:.4f}  "
+              f"wall {result['wall_seconds']:.1f}s")
+
+
+def cmd_bench(args) -> int:
+    from clbench.config import load_suite
+    from clbench.report import write_summary_csv
+    from clbench.resolve import expand_suite
+    from clbench.suite import outcome_lines, run_suite
+
+    suite = load_suite(args.suite)
+    plugin_files = suite.plugin_files + [str(Path(p).resolve()) for p in args.plugin]
+    _load_plugins(plugin_files)
+    if args.jobs < 1:
+        raise ClbenchError(f"bad --jobs {args.jobs}; must be >= 1")
+    cells = expand_suite(suite, args.sets)  # validates every cell before anything runs
+    run_dir = Path(args.out or f"runs/{suite.name}")
+    outcome = run_suite(cells, run_dir, resume=args.resume, jobs=args.jobs, data_root=args.data_root,
+                        download=args.download, plugin_files=plugin_files, progress=not args.quiet,
+                        suite_name=suite.name)
+    summary = write_summary_csv(run_dir, run_dir / "summary.csv")
+    print("\n".join(outcome_lines(outcome)))
+    print(f"summary: {summary}")
+    if args.report:
+        return _report(run_dir, Path(args.report), [], "md,csv,tex,html,png") or (1 if outcome.failed else 0)
+    return 1 if outcome.failed else 0
+
+
+def _report(run_dir: Path, out: Path | None, compare: list[str], formats: str) -> int:
+    from clbench.report import build_report
+
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    result = build_report(run_dir, out, formats=fmts, compare=[Path(c) for c in compare])
+    print(result.text)
+    return 0
+
+
+def cmd_report(args) -> int:
+    return _report(Path(args.run_dir), Path(args.out) if args.out else None, args.compare, args.formats)
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "bench": cmd_bench, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    _quiet_library_warnings()
+    try:
+        return COMMANDS[args.command](args)
+    except ClbenchError as exc:
+        print(f"clbench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("clbench: interrupted; completed cells are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _quiet_library_warnings() -> None:
+    """Avalanche 0.6 emits deprecation noise on every strategy (§1.6 #16)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*No loggers specified.*")
+    warnings.filterwarnings("ignore", module="avalanche")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Turn (scenario, strategy, seed, profile, overrides) into a validated RunConfig.
+
+Everything is checked here, before any data is loaded or any cell runs, so a
+typo fails in a second instead of an hour into a suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from clbench.config import (
+    RunConfig,
+    SuiteConfig,
+    apply_overrides,
+    check_dataclass_args,
+    parse_set_args,
+    validate_train,
+)
+from clbench.errors import ConfigError
+from clbench.registry import MODELS, PLUGINS, SCENARIOS, STRATEGIES
+
+
+def _strategy_defaults(spec, scenario: str) -> dict[str, Any]:
+    merged = dict(spec.defaults.get("*", {}))
+    merged.update(spec.defaults.get(scenario, {}))
+    return merged
+
+
+def _split_defaults(defaults: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Strategy defaults may set params ('ewc_lambda') or training keys ('train.lr')."""
+    params = {k: v for k, v in defaults.items() if not k.startswith("train.")}
+    train = {k: v for k, v in defaults.items() if k.startswith("train.")}
+    return params, train
+
+
+def resolve_config(
+    scenario: str,
+    strategy: str,
+    *,
+    seed: int = 0,
+    profile: str = "quick",
+    overrides: dict[str, Any] | None = None,
+    layers: list[tuple[str, dict[str, Any]]] = (),
+    label: str | None = None,
+) -> RunConfig:
+    """Resolve one cell. `layers` are (where, overrides) applied in order before `overrides`."""
+    scenario_spec = SCENARIOS.get(scenario)
+    strategy_spec = STRATEGIES.get(strategy)
+    if scenario_spec.scenario_type not in strategy_spec.supports:
+        raise ConfigError(
+            f"strategy {strategy!r} does not support {scenario_spec.scenario_type} scenarios such as {scenario!r}; "
+            f"it supports: {', '.join(strategy_spec.supports)}"
+        )
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"bad seed {seed!r}; must be a non-negative integer")
+    cfg = RunConfig(scenario=scenario, strategy=strategy, seed=seed, profile=profile)
+    if profile not in scenario_spec.profiles:
+        raise ConfigError(f"scenario {scenario!r} has no profile {profile!r}; accepted: {', '.join(scenario_spec.profiles)}")
+    prof = scenario_spec.profiles[profile]
+    apply_overrides(cfg, dict(prof.get("train", {})), where=f"{scenario} profile {profile}")
+    cfg.scenario_args.update(prof.get("scenario", {}))
+    params, train = _split_defaults(_strategy_defaults(strategy_spec, scenario))
+    apply_overrides(cfg, train, where=f"{strategy} defaults")
+    cfg.strategy_args.update(params)
+    for where, layer in layers:
+        apply_overrides(cfg, layer, where=where)
+    apply_overrides(cfg, overrides or {}, where="--set")
+    cfg.label = label or cfg.label or strategy
+    if "__" in cfg.label or "/" in cfg.label:
+        raise ConfigError(f"bad label {cfg.label!r}: it may not contain '__' or '/'")
+    if cfg.model == "auto":
+        cfg.model = scenario_spec.default_model
+    MODELS.get(cfg.model)  # raises with the valid names
+    validate_train(cfg)
+    cfg.scenario_args = check_dataclass_args(cfg.scenario_args, scenario_spec.options, f"scenario {scenario!r}")
+    if strategy_spec.params is None:
+        if cfg.strategy_args:
+            raise ConfigError(f"strategy {strategy!r} takes no parameters; got {', '.join(cfg.strategy_args)}")
+    else:
+        cfg.strategy_args = check_dataclass_args(cfg.strategy_args, strategy_spec.params, f"strategy {strategy!r}")
+    for name in cfg.plugins:
+        PLUGINS.get(name)
+    return cfg
+
+
+def strategy_param_names(strategy: str) -> list[str]:
+    spec = STRATEGIES.get(strategy)
+    return [f.name for f in fields(spec.params)] if spec.params else []
+
+
+def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None) -> list[RunConfig]:
+    """Every cell of a suite: scenarios x (strategies + variants) x seeds."""
+    cli_overrides = parse_set_args(cli_set or [])
+    entries = [(name, name, {}) for name in suite.strategies]
+    entries += [(v.label, v.strategy, v.set) for v in suite.variants]
+    labels = [label for label, _, _ in entries]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise ConfigError(f"suite {suite.name!r} uses these labels twice: {', '.join(duplicates)}")
+    unknown = sorted(set(suite.scenario_args) - set(suite.scenarios))
+    if unknown:
+        raise ConfigError(f"suite {suite.name!r} has scenario_args for scenarios it does not run: {', '.join(unknown)}")
+    cells = []
+    for scenario in suite.scenarios:
+        for label, strategy, variant_set in entries:
+            layers = [("suite set", suite.set)]
+            layers.append(("suite scenario_args", {f"scenario.{k}": v for k, v in suite.scenario_args.get(scenario, {}).items()}))
+            layers.append(("suite strategy_args", {f"strategy.{k}": v for k, v in suite.strategy_args.get(strategy, {}).items()}))
+            layers.append((f"variant {label}", variant_set))
+            for seed in suite.seeds:
+                cells.append(
+                    resolve_config(scenario, strategy, seed=seed, profile=suite.profile, overrides=cli_overrides,
+                                   layers=layers, label=label)
+                )
+    return cells

@@ -1,0 +1,95 @@
+"""What a strategy factory receives, and the pieces every strategy shares.
+
+A factory is `build(ctx: StrategyContext) -> SupervisedTemplate`. It reads the
+model, the scenario's metadata (`ctx.info`), the resolved config and its own
+validated hyper-parameters (`ctx.params`), and passes `ctx.template_kwargs()`
+to an Avalanche template so that every strategy gets the same optimizer,
+minibatch sizes, device, evaluator and safety plugins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EvaluationPlugin
+from torch import nn
+
+from clbench.config import RunConfig
+from clbench.errors import NonFiniteLossError
+
+
+class NonFiniteLossGuard(SupervisedPlugin):
+    """Stops training with a clear error as soon as the loss is NaN or infinite.
+
+    Without it a diverged run keeps training on garbage and its accuracy
+    matrix looks like a (bad) result instead of a failure.
+    """
+
+    def before_backward(self, strategy, **kwargs):
+        loss = strategy.loss
+        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all():
+            clock = strategy.clock
+            raise NonFiniteLossError(
+                f"loss is {loss.detach().float().item()} at experience {clock.train_exp_counter}, "
+                f"epoch {clock.train_exp_epochs}, iteration {clock.train_epoch_iterations}"
+            )
+
+
+def make_optimizer(params, train) -> torch.optim.Optimizer:
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    if train.optimizer == "adam":
+        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    raise ValueError(f"unknown optimizer {train.optimizer!r}")  # validated earlier in config
+
+
+def silent_evaluator() -> EvaluationPlugin:
+    """An evaluator with no metrics and no loggers.
+
+    clbench computes the accuracy matrix itself over cached test tensors, so
+    Avalanche's metric objects would only cost time (and print).
+    """
+    return EvaluationPlugin(loggers=[])
+
+
+@dataclass
+class StrategyContext:
+    model: nn.Module
+    info: Any  # clbench.scenarios.stream.ScenarioInfo
+    config: RunConfig
+    params: Any  # the strategy's params dataclass instance (or None)
+    device: torch.device
+    extra_plugins: list  # plugins named in config.plugins, already built
+
+    @property
+    def train(self):
+        return self.config.train
+
+    def optimizer(self, params=None) -> torch.optim.Optimizer:
+        return make_optimizer(self.model.parameters() if params is None else params, self.config.train)
+
+    def template_kwargs(self, *, plugins: list | None = None, with_model: bool = True) -> dict[str, Any]:
+        """Keyword arguments shared by all Avalanche templates (all passed explicitly:
+        Avalanche's defaults are train_mb_size=1 and device='cpu', §0.9)."""
+        t = self.config.train
+        kwargs: dict[str, Any] = dict(
+            optimizer=self.optimizer(),
+            train_mb_size=t.train_mb_size,
+            train_epochs=t.epochs,
+            eval_mb_size=t.eval_mb_size,
+            device=self.device,
+            plugins=[NonFiniteLossGuard(), *self.extra_plugins, *(plugins or [])],
+            evaluator=silent_evaluator(),
+        )
+        if with_model:
+            kwargs["model"] = self.model
+        return kwargs
+
+    def criterion(self) -> nn.Module:
+        return nn.CrossEntropyLoss()
+

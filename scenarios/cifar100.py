@@ -1,0 +1,92 @@
+"""Split CIFAR-100: 10 or 20 experiences, class-IL and task-IL.
+
+Reads the offline WebP-sprite copy or torchvision's `cifar-100-python` (see
+`clbench.scenarios.cifar100_data`). Images are normalized once into float32
+NCHW tensors; training-time augmentation, where a strategy wants it, is done
+on whole minibatches (never per sample).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clbench.registry import register_scenario
+from clbench.scenarios.cifar100_data import load_cifar100
+from clbench.scenarios.stream import ScenarioInfo, TensorStream, class_order, per_class_subsample, split_by_classes
+
+# Canonical training-set channel statistics (shared/data/CIFAR100/README.md).
+MEAN = torch.tensor([0.5071, 0.4865, 0.4409]).view(1, 3, 1, 1)
+STD = torch.tensor([0.2673, 0.2564, 0.2762]).view(1, 3, 1, 1)
+
+
+@dataclass
+class CifarOptions:
+    n_experiences: int = 10
+    train_per_class: int | None = None  # seeded class-balanced subsample (500 = all)
+    test_per_class: int | None = None  # (100 = all)
+    fixed_class_order: list[int] | None = None
+    shuffle_classes: bool = True
+
+    def __post_init__(self):
+        if self.n_experiences not in (2, 5, 10, 20, 25, 50, 100):
+            raise ValueError(f"n_experiences must divide 100 classes (10 or 20 are standard), got {self.n_experiences}")
+
+
+CIFAR_PROFILES = {
+    "smoke": {
+        "scenario": {"n_experiences": 10, "train_per_class": 5, "test_per_class": 5},
+        "train": {"optimizer": "sgd", "lr": 0.05, "epochs": 1, "train_mb_size": 32, "eval_mb_size": 256},
+    },
+    "quick": {
+        "scenario": {"n_experiences": 10, "train_per_class": 100, "test_per_class": 50},
+        "train": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 1, "train_mb_size": 32, "eval_mb_size": 256},
+    },
+    # Mammoth / X-DER (Boschini et al. 2022) class-IL protocol: 50 epochs, SGD
+    # lr 0.1, batch 32, ResNet-18 (here Avalanche's reduced ResNet-18). GPU only.
+    "full": {
+        "scenario": {"n_experiences": 10},
+        "train": {"optimizer": "sgd", "lr": 0.1, "epochs": 50, "train_mb_size": 32, "eval_mb_size": 512},
+    },
+}
+
+
+def _normalized(split):
+    x = split.x.permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - MEAN) / STD, split.fine.long()
+
+
+def _cifar_stream(name: str, opts: CifarOptions, seed: int, root, download: bool, task_il: bool) -> TensorStream:
+    rng = np.random.RandomState(seed)
+    x_tr, y_tr = _normalized(load_cifar100(root, "train", download=download))
+    x_te, y_te = _normalized(load_cifar100(root, "test", download=download))
+    x_tr, y_tr = per_class_subsample(x_tr, y_tr, opts.train_per_class, rng)
+    x_te, y_te = per_class_subsample(x_te, y_te, opts.test_per_class, rng)
+    order = class_order(100, seed, opts.fixed_class_order, opts.shuffle_classes)
+    train, test, classes_per_exp = split_by_classes(
+        x_tr, y_tr, x_te, y_te, order=order, n_experiences=opts.n_experiences, task_il=task_il,
+        train_per_exp=None, test_per_exp=None, rng=rng,
+    )
+    info = ScenarioInfo(
+        name, "task_il" if task_il else "class_il", opts.n_experiences, 100, (3, 32, 32), classes_per_exp,
+        extra={"class_order": order},
+    )
+    return TensorStream(info, train, test)
+
+
+@register_scenario(
+    "split_cifar100", description="Split CIFAR-100: 10 (or 20) experiences of disjoint classes, class-IL, 100-way head",
+    scenario_type="class_il", options=CifarOptions, profiles=CIFAR_PROFILES, default_model="slim_resnet18",
+)
+def build_split_cifar100(opts: CifarOptions, profile: str, seed: int, data_root, download: bool) -> TensorStream:
+    return _cifar_stream("split_cifar100", opts, seed, data_root, download, task_il=False)
+
+
+@register_scenario(
+    "split_cifar100_til", description="Split CIFAR-100, task-IL: one head per experience, task label given at test time",
+    scenario_type="task_il", options=CifarOptions, profiles=CIFAR_PROFILES, default_model="slim_resnet18",
+)
+def build_split_cifar100_til(opts: CifarOptions, profile: str, seed: int, data_root, download: bool) -> TensorStream:
+    return _cifar_stream("split_cifar100_til", opts, seed, data_root, download, task_il=True)

@@ -1,0 +1,22 @@
+"""Built-in strategies: Avalanche's own baselines under registered names.
+
+One file per method. Importing this package registers them all.
+"""
+
+from clbench.strategies import (  # noqa: F401  (registration side effects)
+    agem,
+    cumulative,
+    der,
+    er_ace,
+    ewc,
+    gdumb,
+    gem,
+    icarl,
+    joint,
+    lwf,
+    mas,
+    naive,
+    online_ewc,
+    replay,
+    si,
+)
