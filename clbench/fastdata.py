@@ -9,7 +9,9 @@ this module gives `AvalancheDataset` one.
 The fast path only applies when the dataset tree bottoms out in
 `TensorLeaf`s and no transform is set anywhere in it (our tensorized streams,
 and every subset, concatenation or replay buffer Avalanche derives from them).
-It then returns exactly the per-sample items Avalanche would, so collation,
+Avalanche's own loaders wrap datasets in torch's ConcatDataset, so that class
+gets a batched twin too (swapped in Avalanche's loader module only).
+The fast path returns exactly the per-sample items Avalanche would, so collation,
 samplers and every strategy's loader behave as before; anything else falls
 back to the per-sample path. `tests/test_fastdata.py` checks both paths give
 identical items and identical training runs.
@@ -22,12 +24,21 @@ import os
 
 import numpy as np
 import torch
+from avalanche.benchmarks.utils import data_loader as avalanche_data_loader
 from avalanche.benchmarks.utils.data import AvalancheDataset, _FlatDataWithTransform
 from avalanche.benchmarks.utils.transforms import TupleTransform
 
+from torch.utils.data import ConcatDataset
+
 from clbench.scenarios.stream import TensorLeaf
 
-_UNSUPPORTED = object()
+# How many minibatches took each path (tests use this to prove the fast path ran).
+stats = {"fast": 0, "fallback": 0}
+
+
+def _fallback(dataset, idx):
+    stats["fallback"] += 1
+    return [dataset[int(i)] for i in idx]
 
 
 def _is_identity(transform) -> bool:
@@ -99,12 +110,13 @@ def avalanche_getitems(self: AvalancheDataset, indices):
     n = len(idx)
     attr_values = [_int_attribute_values(da) for da in attrs]
     if n == 0 or idx.min() < 0 or idx.max() >= len(self) or any(v is None or len(v) != len(self) for v in attr_values):
-        return [self[int(i)] for i in idx]
+        return _fallback(self, idx)
     leaves: list = []
     leaf_ids = np.empty(n, dtype=np.int64)
     local = np.empty(n, dtype=np.int64)
     if not _locate(self._flat_data, idx, leaves, leaf_ids, local, np.arange(n)):
-        return [self[int(i)] for i in idx]
+        return _fallback(self, idx)
+    stats["fast"] += 1
     if len(leaves) == 1:
         sel = torch.from_numpy(local)
         xs, ys = leaves[0].x[sel], leaves[0].y[sel]
@@ -121,15 +133,38 @@ def avalanche_getitems(self: AvalancheDataset, indices):
     return [as_item(item) for item in zip(*columns, strict=True)]
 
 
+class BatchedConcatDataset(ConcatDataset):
+    """torch's ConcatDataset plus `__getitems__`, forwarding each part's indices in one call.
+
+    Avalanche's task-balanced and replay loaders wrap their datasets in a
+    ConcatDataset, which would otherwise fetch sample by sample again.
+    """
+
+    def __getitems__(self, indices):
+        idx = np.asarray(indices, dtype=np.int64)
+        which = np.searchsorted(np.asarray(self.cumulative_sizes), idx, side="right")
+        out: list = [None] * len(idx)
+        for d in np.unique(which):
+            pos = np.nonzero(which == d)[0]
+            local = (idx[pos] - (self.cumulative_sizes[d - 1] if d > 0 else 0)).tolist()
+            part = self.datasets[d]
+            items = part.__getitems__(local) if hasattr(part, "__getitems__") else [part[i] for i in local]
+            for p, item in zip(pos, items, strict=True):
+                out[p] = item
+        return out
+
+
 def enable() -> None:
     if os.environ.get("CLBENCH_FAST_DATA", "1") == "0":
         return
     AvalancheDataset.__getitems__ = avalanche_getitems
+    avalanche_data_loader.ConcatDataset = BatchedConcatDataset
 
 
 def disable() -> None:
     if "__getitems__" in AvalancheDataset.__dict__:
         del AvalancheDataset.__getitems__
+    avalanche_data_loader.ConcatDataset = ConcatDataset
 
 
 def is_enabled() -> bool:

@@ -23,7 +23,6 @@ silently turn into a number.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,7 +108,9 @@ def backward_transfer(R: np.ndarray, higher_is_better: bool = True) -> float:
     return _clean(_sign(higher_is_better) * np.mean(diffs))
 
 
-def forward_transfer(R: np.ndarray, initial: Sequence[float], higher_is_better: bool = True) -> float:
+def forward_transfer(
+    R: np.ndarray, initial: Sequence[float], higher_is_better: bool = True
+) -> float:
     """FWT: s/(T-1) * sum over j >= 1 of (R[j-1][j] - b[j]) (Lopez-Paz & Ranzato 2017)."""
     if R.shape[0] < 2:
         return NAN
@@ -204,8 +205,3 @@ def cell_metrics(result: dict[str, Any], joint_final: Sequence[float] | None = N
     for key in COST_FIELDS:
         out[key] = _number(result.get(key))
     return out
-
-
-def is_nan(x: Any) -> bool:
-    """True for float NaN (and None), False for anything else."""
-    return x is None or (isinstance(x, float) and math.isnan(x))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from avalanche.training import EWC
 
 from clbench.registry import register_strategy
+from clbench.strategies.ewc import EWC_DEFAULTS
 
 
 @dataclass
@@ -18,7 +19,10 @@ class OnlineEWCParams:
             raise ValueError("need ewc_lambda >= 0 and 0 <= decay_factor <= 1")
 
 
-@register_strategy("online_ewc", description="Online EWC: a single running Fisher penalty with decay", params=OnlineEWCParams)
+@register_strategy(
+    "online_ewc", description="Online EWC: a single running Fisher penalty with decay",
+    params=OnlineEWCParams, defaults=EWC_DEFAULTS,  # same lambdas as EWC, same reasons
+)
 def build(ctx):
     p = ctx.params
     return EWC(

@@ -12,7 +12,6 @@ Public API:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +21,19 @@ import pandas as pd
 
 from clbench.errors import ClbenchError
 from clbench.report.aggregate import Analysis, analyze
-from clbench.report.load import FailedCell, LoadedRun, Skipped, load_run, resolve_conflicts, validate_result
+from clbench.report.load import (
+    IN_MEMORY,
+    FailedCell,
+    LoadedRun,
+    Skipped,
+    load_results,
+    load_run,
+)
 from clbench.report.tables import SUMMARY_COLUMNS, summary_frame, write_csv
 
 __all__ = [
     "FORMATS", "FailedCell", "LoadedRun", "ReportResult", "Skipped",
-    "build_report", "load_run", "write_summary_csv",
+    "build_report", "load_results", "load_run", "write_summary_csv",
 ]  # fmt: skip
 
 FORMATS = ("md", "csv", "tex", "html", "png")
@@ -54,7 +60,7 @@ def write_summary_csv(run_dir_or_results: Any, path: str | Path | None = None) -
     """
     run = _as_loaded_run(run_dir_or_results)
     if path is None:
-        if run.run_dir == Path("<results>"):
+        if run.run_dir == IN_MEMORY:
             raise ClbenchError("write_summary_csv: give `path` when passing result dicts")
         path = run.run_dir / "summary.csv"
     frame = summary_frame(analyze(run)) if run.cells else pd.DataFrame(columns=SUMMARY_COLUMNS)
@@ -66,23 +72,7 @@ def _as_loaded_run(source: Any) -> LoadedRun:
         return source
     if isinstance(source, (str, Path)):
         return load_run(source)
-    run = LoadedRun(run_dir=Path("<results>"))
-    candidates = []
-    for k, data in enumerate(source):
-        run.n_found += 1
-        where = f"results[{k}]"
-        reason = validate_result(data)
-        if reason:
-            run.skipped.append(Skipped(where, reason))
-        elif data["status"] == "failed":
-            run.failed.append(FailedCell(where, str(data.get("cell_id", where)), str(data.get("scenario")),
-                                         str(data.get("label")), data.get("seed"), str(data.get("error"))))  # fmt: skip
-        else:
-            candidates.append((where, dict(data)))
-    kept, skipped = resolve_conflicts(candidates)
-    run.cells = [data for _, data in kept]
-    run.skipped += skipped
-    return run
+    return load_results(source)
 
 
 def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
@@ -91,7 +81,8 @@ def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
     items = [f.strip().lower() for f in items if f.strip()]
     unknown = sorted(set(items) - set(FORMATS))
     if unknown or not items:
-        raise ClbenchError(f"unknown report format(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(FORMATS)}")
+        names = ", ".join(unknown) or "(none given)"
+        raise ClbenchError(f"unknown report format(s) {names}; valid: {', '.join(FORMATS)}")
     return tuple(f for f in FORMATS if f in items)
 
 
@@ -133,7 +124,7 @@ def _analyze_or_fail(run_dir: str | Path) -> Analysis:
 
 def summary_text(analysis: Analysis, result: ReportResult) -> str:
     """What the CLI prints: counts, the best row per scenario, problems, files written."""
-    from clbench.report.display import fmt_number, units_for
+    from clbench.report.display import acc_name, fmt_number, units_for
 
     run = analysis.run
     lines = [
@@ -141,15 +132,20 @@ def summary_text(analysis: Analysis, result: ReportResult) -> str:
         f"{len(run.skipped)} skipped, {len(analysis.scenarios)} scenario(s)."
     ]
     for name, info in sorted(analysis.scenarios.items()):
-        rows = analysis.summary[(analysis.summary["scenario"] == name) & ~analysis.summary["is_reference"]]
+        rows = analysis.summary[
+            (analysis.summary["scenario"] == name) & ~analysis.summary["is_reference"]
+        ]
         rows = rows[rows["acc_mean"].notna()]
         if rows.empty:
             continue
         u = units_for(info.metric_name)
         sign = 1 if info.higher_is_better else -1
         best = rows.loc[(sign * rows["acc_mean"]).idxmax()]
-        line = f"  {name}: best ACC {best['label']} {fmt_number(best['acc_mean'] * u.scale, u.decimals)}{u.level}"
-        line += f" (n={best['n_seeds']})"
+        value = fmt_number(best["acc_mean"] * u.scale, u.decimals)
+        unit = u.level if u.level == "%" else f" {u.level}"
+        line = (
+            f"  {name}: best {acc_name(info)} {best['label']} {value}{unit} (n={best['n_seeds']})"
+        )
         forgetting = rows[rows["forgetting_mean"].notna()]
         if not forgetting.empty:
             least = forgetting.loc[forgetting["forgetting_mean"].idxmin()]
@@ -165,7 +161,3 @@ def summary_text(analysis: Analysis, result: ReportResult) -> str:
         lines.append(f"  ... and {hidden} more listed in the report")
     lines.append(f"Wrote {len(result.paths)} file(s) to {result.out_dir}")
     return "\n".join(lines)
-
-
-def _is_finite(x: float) -> bool:
-    return isinstance(x, float) and math.isfinite(x)

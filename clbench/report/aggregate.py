@@ -25,8 +25,13 @@ from clbench.metrics import COST_FIELDS, SCALAR_METRICS, as_matrix, cell_metrics
 from clbench.report.load import LoadedRun
 
 STAT_KEYS = SCALAR_METRICS + COST_FIELDS
+# Per-cell columns of `Analysis.cells` (and of long.csv) besides the statistics.
+IDENTITY_COLUMNS = (
+    "run", "scenario", "scenario_type", "label", "strategy", "seed", "config_hash",
+    "cell_id", "metric_name", "higher_is_better", "n_experiences",
+)  # fmt: skip
 NAIVE = "naive"
-JOINT = "joint"
+JOINT = "joint"  # trains on all experiences at once: the upper-bound reference
 
 
 @dataclass
@@ -50,7 +55,7 @@ class ScenarioInfo:
     metric_name: str
     higher_is_better: bool
     n_experiences: int
-    joint_label: str | None  # the reference row, excluded from "best" marks
+    joint_label: str | None  # the row whose final accuracies define intransigence
 
 
 @dataclass
@@ -108,7 +113,7 @@ def analyze(run: LoadedRun) -> Analysis:
     for (scenario, label), members in sorted(by_group.items()):
         members.sort(key=lambda d: d["seed"])
         per_cell = [cell_metrics(d, joint_refs.get(scenario)) for d in members]
-        for data, m in zip(members, per_cell):
+        for data, m in zip(members, per_cell, strict=True):
             rows.append({**_identity(data, run.name), **{k: m[k] for k in STAT_KEYS}})
         groups[(scenario, label)] = Group(
             scenario=scenario,
@@ -133,12 +138,6 @@ def analyze(run: LoadedRun) -> Analysis:
         if info.joint_label is None:
             notes.append(f"{name}: no joint cells, so intransigence is not reported")
     return Analysis(run.name, run, cells, summary, groups, scenarios, notes)
-
-
-IDENTITY_COLUMNS = (
-    "run", "scenario", "scenario_type", "label", "strategy", "seed", "config_hash",
-    "cell_id", "metric_name", "higher_is_better", "n_experiences",
-)  # fmt: skip
 
 
 def _identity(data: dict, run_name: str) -> dict:
@@ -184,7 +183,7 @@ def _joint_references(by_group, scenarios) -> dict[str, list[float]]:
 
 def _summarize(cells: pd.DataFrame, groups, scenarios) -> pd.DataFrame:
     values = {
-        key: {k: dict(zip(df["seed"], df[k])) for k in STAT_KEYS}
+        key: {k: dict(zip(df["seed"], df[k], strict=True)) for k in STAT_KEYS}
         for key, df in cells.groupby(["scenario", "label"], sort=False)
     }
     rows = []
@@ -200,7 +199,8 @@ def _summarize(cells: pd.DataFrame, groups, scenarios) -> pd.DataFrame:
             "metric_name": info.metric_name,
             "higher_is_better": info.higher_is_better,
             "n_experiences": info.n_experiences,
-            "is_reference": label == info.joint_label,
+            # Joint rows are references: never bold, never "the best baseline", listed last.
+            "is_reference": g.strategy == JOINT,
         }
         for k in STAT_KEYS:
             row[f"{k}_mean"], row[f"{k}_std"], row[f"{k}_ci95"] = seed_stats(
@@ -209,13 +209,13 @@ def _summarize(cells: pd.DataFrame, groups, scenarios) -> pd.DataFrame:
         rows.append(row)
     summary = pd.DataFrame(rows)
     _add_paired_tests(summary, values, scenarios)
-    order = sorted(range(len(summary)), key=lambda i: _row_order(summary.iloc[i], scenarios))
+    order = sorted(range(len(summary)), key=lambda i: _row_order(summary.iloc[i]))
     return summary.iloc[order].reset_index(drop=True)
 
 
-def _row_order(row, scenarios) -> tuple:
-    """Scenarios alphabetically; naive first (lower bound), joint last (upper bound)."""
-    rank = 2 if row["label"] == scenarios[row["scenario"]].joint_label else int(row["label"] != NAIVE)
+def _row_order(row) -> tuple:
+    """Scenarios alphabetically; naive first (lower bound), joint rows last (upper bound)."""
+    rank = 2 if row["is_reference"] else int(row["label"] != NAIVE)
     return (row["scenario"], rank, row["label"])
 
 
@@ -224,7 +224,7 @@ def _add_paired_tests(summary: pd.DataFrame, values, scenarios) -> None:
     new: dict[str, list] = defaultdict(list)
     for _, row in summary.iterrows():
         scenario, label = row["scenario"], row["label"]
-        best = _best_baseline(summary, scenario, label, scenarios[scenario])
+        best = _best_baseline(summary, scenario, label, scenarios[scenario].higher_is_better)
         new["best_baseline"].append(best or "")
         mine = values[(scenario, label)]
         for other, tag in ((NAIVE, "naive"), (best, "best")):
@@ -232,18 +232,20 @@ def _add_paired_tests(summary: pd.DataFrame, values, scenarios) -> None:
             for k in SCALAR_METRICS:
                 p = paired_p(mine[k], theirs[k])[0] if theirs else math.nan
                 new[f"p_{k}_vs_{tag}"].append(p)
-            new[f"n_pairs_vs_{tag}"].append(len(set(mine["acc"]) & set(theirs["acc"])) if theirs else 0)
+            new[f"n_pairs_vs_{tag}"].append(
+                len(set(mine["acc"]) & set(theirs["acc"])) if theirs else 0
+            )
     for col, vals in new.items():
         summary[col] = vals
 
 
-def _best_baseline(summary: pd.DataFrame, scenario: str, label: str, info: ScenarioInfo) -> str | None:
-    """Label with the best mean ACC in the scenario, excluding `label` and joint."""
-    sign = 1.0 if info.higher_is_better else -1.0
+def _best_baseline(
+    summary: pd.DataFrame, scenario: str, label: str, higher_is_better: bool
+) -> str | None:
+    """Label with the best mean ACC in the scenario, excluding `label` and joint rows."""
+    sign = 1.0 if higher_is_better else -1.0
     mask = (summary["scenario"] == scenario) & (summary["label"] != label)
-    if info.joint_label is not None:
-        mask &= summary["label"] != info.joint_label
-    candidates = summary[mask & summary["acc_mean"].notna()]
+    candidates = summary[mask & ~summary["is_reference"] & summary["acc_mean"].notna()]
     if candidates.empty:
         return None
     scores = sign * candidates["acc_mean"]

@@ -41,7 +41,7 @@ def _keys(analyses: list[Analysis]) -> list[tuple[str, str]]:
     """(scenario, label) pairs: the first run's order, then rows only later runs have."""
     keys: list[tuple[str, str]] = []
     for a in analyses:
-        for key in zip(a.summary["scenario"], a.summary["label"]):
+        for key in zip(a.summary["scenario"], a.summary["label"], strict=True):
             if key not in keys:
                 keys.append(key)
     return sorted(keys, key=lambda k: (k[0], keys.index(k)))
@@ -49,7 +49,7 @@ def _keys(analyses: list[Analysis]) -> list[tuple[str, str]]:
 
 def _per_seed(a: Analysis, scenario: str, label: str, key: str) -> dict[int, float]:
     c = a.cells[(a.cells["scenario"] == scenario) & (a.cells["label"] == label)]
-    return dict(zip(c["seed"], c[key]))
+    return dict(zip(c["seed"], c[key], strict=True))
 
 
 def compare_frame(analyses: list[Analysis]) -> pd.DataFrame:
@@ -59,7 +59,7 @@ def compare_frame(analyses: list[Analysis]) -> pd.DataFrame:
     rows = []
     for scenario, label in _keys(analyses):
         base = _row(first, scenario, label)
-        for k, (a, name) in enumerate(zip(analyses, names)):
+        for k, (a, name) in enumerate(zip(analyses, names, strict=True)):
             r = _row(a, scenario, label)
             if r is None:
                 continue
@@ -68,10 +68,14 @@ def compare_frame(analyses: list[Analysis]) -> pd.DataFrame:
             out.update({c: r[c] for c in COPIED})
             comparable = k > 0 and base is not None and _same_metric(base, r)
             for m in ("acc", "forgetting"):
-                out[f"delta_{m}_vs_first"] = r[f"{m}_mean"] - base[f"{m}_mean"] if comparable else math.nan
+                out[f"delta_{m}_vs_first"] = (
+                    r[f"{m}_mean"] - base[f"{m}_mean"] if comparable else math.nan
+                )
             p, n = (math.nan, 0)
             if comparable:
-                p, n = paired_p(_per_seed(a, scenario, label, "acc"), _per_seed(first, scenario, label, "acc"))
+                p, n = paired_p(
+                    _per_seed(a, scenario, label, "acc"), _per_seed(first, scenario, label, "acc")
+                )
             out["p_acc_vs_first"], out["n_pairs_vs_first"] = p, n
             rows.append(out)
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
@@ -124,7 +128,8 @@ def compare_tables(frame: pd.DataFrame, names: list[str]) -> list[DisplayTable]:
                          Cell(fmt_p(r["p_acc_vs_first"]))]  # fmt: skip
             body.append(line)
         caption = (
-            f"Runs: {', '.join(names)}. Δ = later run minus {names[0]}; ACC and forgetting are"
+            f"Runs: {', '.join(names)}. Δ = later run minus {names[0]}, each mean over that run's"
+            " own seeds (p uses only the seeds both share); ACC and forgetting are"
             " defined as in the summary tables (mean +/- 95% CI half-width over seeds);"
             " p: two-sided paired t-test on ACC over the seeds both runs share;"
             " 'absent': that run has no valid cells for this row."
@@ -142,8 +147,15 @@ def _signed(x: float, decimals: int) -> str:
 def render_compare_markdown(analyses: list[Analysis], tables: list[DisplayTable]) -> str:
     names = unique_run_names(analyses)
     parts = [f"# clbench comparison: {' vs '.join(names)}\n"]
-    parts += [f"- {name}: `{a.run.run_dir}` ({len(a.run.cells)} valid cell(s))" for name, a in zip(names, analyses)]
+    parts += [
+        f"- {name}: `{a.run.run_dir}` ({len(a.run.cells)} valid cell(s))"
+        for name, a in zip(names, analyses, strict=True)
+    ]
     parts.append("")
     for i, table in enumerate(tables, start=1):
-        parts += [f"## {table.title}\n", markdown_table(table) + "\n", f"Table {i}. {table.caption}\n"]
+        parts += [
+            f"## {table.title}\n",
+            markdown_table(table) + "\n",
+            f"Table {i}. {table.caption}\n",
+        ]
     return "\n".join(parts).rstrip() + "\n"

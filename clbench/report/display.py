@@ -98,11 +98,15 @@ class Spec:
     decimals: int | None = None  # None: the metric's own
 
 
+def acc_name(info: ScenarioInfo) -> str:
+    """ "ACC" for accuracy; "Final bpc" for other metrics, where "accuracy" would mislead."""
+    return "ACC" if units_for(info.metric_name).level == "%" else f"Final {info.metric_name}"
+
+
 def summary_specs(info: ScenarioInfo) -> list[Spec]:
     u = units_for(info.metric_name)
-    acc = "ACC" if u.level == "%" else f"Final {info.metric_name}"
     specs = [
-        Spec("acc", f"{acc} ({u.level})", "level", with_ci=True),
+        Spec("acc", f"{acc_name(info)} ({u.level})", "level", with_ci=True),
         Spec("forgetting", f"Forgetting ({u.delta})", "delta", with_ci=True),
         Spec("bwt", f"BWT ({u.delta})", "delta"),
         Spec("fwt", f"FWT ({u.delta})", "delta"),
@@ -134,10 +138,16 @@ def summary_table(rows: pd.DataFrame, info: ScenarioInfo) -> DisplayTable:
     specs = summary_specs(info)
     columns = [Column("Strategy", numeric=False), Column("n")]
     columns += [Column(s.header, _better(s, info)) for s in specs]
-    columns += [Column("p(ACC) vs naive"), Column("p(ACC) vs best baseline", numeric=False)]
+    columns += [
+        Column(f"p({acc_name(info)}) vs naive"),
+        Column(f"p({acc_name(info)}) vs best baseline", numeric=False),
+    ]
     body = []
     for _, r in rows.iterrows():
-        line = [Cell(row_name(r["label"], r["strategy"], r["is_reference"])), Cell(str(r["n_seeds"]))]
+        line = [
+            Cell(row_name(r["label"], r["strategy"], r["is_reference"])),
+            Cell(str(r["n_seeds"])),
+        ]
         for s in specs:
             line.append(_value_cell(r, s, u))
         line.append(Cell(fmt_p(r["p_acc_vs_naive"])) if r["label"] != "naive" else Cell("-"))
@@ -146,11 +156,12 @@ def summary_table(rows: pd.DataFrame, info: ScenarioInfo) -> DisplayTable:
         body.append(line)
     _mark_best(body, rows, specs, info, u)
     n_values = sorted(set(rows["n_seeds"]))
+    references = list(rows.loc[rows["is_reference"], "label"])
     return DisplayTable(
         title=_title(info),
         columns=columns,
         rows=body,
-        caption=summary_caption(info, n_values),
+        caption=summary_caption(info, n_values, references),
         anchor=f"scenario-{info.name}",
     )
 
@@ -174,7 +185,7 @@ def _value_cell(r: pd.Series, spec: Spec, u: Units) -> Cell:
 
 
 def _mark_best(body, rows: pd.DataFrame, specs, info: ScenarioInfo, u: Units) -> None:
-    """Bold the best displayed value per column (ties too); the joint reference never counts."""
+    """Bold the best displayed value per column (ties too); joint rows never count."""
     for col, spec in enumerate(specs, start=2):
         sign = 1.0 if _better(spec, info) == "high" else -1.0
         shown = {}
@@ -196,7 +207,7 @@ def _title(info: ScenarioInfo) -> str:
     return f"{info.name} ({kind}T={info.n_experiences}, {info.metric_name}, {direction} is better)"
 
 
-def summary_caption(info: ScenarioInfo, n_values: list[int]) -> str:
+def summary_caption(info: ScenarioInfo, n_values: list[int], references: list[str]) -> str:
     """Definitions of every column, in plain ASCII so every writer can print it."""
     u = units_for(info.metric_name)
     m = info.metric_name
@@ -211,7 +222,7 @@ def summary_caption(info: ScenarioInfo, n_values: list[int]) -> str:
     parts = [
         f"R[i][j] = {m} on experience j after training experience i, T = {info.n_experiences};"
         f" {shown}; n = {n} seed(s) per row.",
-        f"ACC: final average, mean over j of R[T-1][j] (Lopez-Paz & Ranzato 2017).",
+        f"{acc_name(info)}: final average, mean over j of R[T-1][j] (Lopez-Paz & Ranzato 2017).",
         f"Forgetting: Chaudhry et al. (2018) average over j < T-1 of {forget}; positive = worse.",
         "BWT: mean over j < T-1 of R[T-1][j] - R[j][j]; FWT: mean over j >= 1 of"
         f" R[j-1][j] - b[j], b = untrained model (Lopez-Paz & Ranzato 2017).{sign}",
@@ -219,15 +230,15 @@ def summary_caption(info: ScenarioInfo, n_values: list[int]) -> str:
     ]
     if info.joint_label is not None:
         parts.append(
-            f"Intransigence: mean over j of {info.joint_label}'s final R[j] minus R[j][j]"
-            " (Chaudhry et al. 2018); positive = worse."
+            f"Intransigence: mean over j of {info.joint_label}'s R[T-1][j] (mean over its seeds)"
+            " minus R[j][j] (Chaudhry et al. 2018); positive = worse."
         )
     parts += [
         "+/- is the 95% confidence interval half-width over seeds (Student t, n-1 dof),"
         " n/a when n = 1.",
-        "p: two-sided paired t-test on ACC over the seeds both rows share (vs naive and vs the"
-        " best other baseline by mean ACC).",
+        f"p: two-sided paired t-test on {acc_name(info)} over the seeds both rows share (vs naive"
+        f" and vs the best other baseline by mean {acc_name(info)}).",
         "Bold: best value per column"
-        + (f" ({info.joint_label} excluded: it is the upper-bound reference)." if info.joint_label else "."),
+        + (f" ({', '.join(references)} excluded: upper-bound reference)." if references else "."),
     ]
     return " ".join(parts)

@@ -48,7 +48,9 @@ def html_table(table: DisplayTable, number: int, table_class: str = "summary") -
         for c in table.columns
     )
     body = "\n".join(
-        "<tr>" + "".join(_cell(cell, col.numeric) for cell, col in zip(row, table.columns)) + "</tr>"
+        "<tr>"
+        + "".join(_cell(cell, col.numeric) for cell, col in zip(row, table.columns, strict=True))
+        + "</tr>"
         for row in table.rows
     )
     return (
@@ -103,7 +105,7 @@ def render_html(
     parts += [_list(name, items) for name, items in lists]
     body = "\n".join(p for p in parts if p)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n"
         f"<body>\n{body}\n</body>\n</html>\n"
     )

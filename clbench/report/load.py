@@ -11,8 +11,8 @@ error. Only a run directory that does not exist raises.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,9 @@ class LoadedRun:
         """A message for a run with no usable cells, naming the directory."""
         where = f"no valid results in {self.run_dir}"
         if self.n_found == 0:
-            return f"{where}: expected {self.run_dir}/cells/<cell_id>/{RESULT_FILE} files, found none"
+            return (
+                f"{where}: expected {self.run_dir}/cells/<cell_id>/{RESULT_FILE} files, found none"
+            )
         parts = [f"{self.n_found} cell folder(s) found", f"{len(self.failed)} failed"]
         parts.append(f"{len(self.skipped)} skipped")
         first = (self.skipped or self.failed)[:3]
@@ -86,25 +88,45 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ClbenchError(f"run directory not found: {run_dir}")
-    run = LoadedRun(run_dir=run_dir)
     cells_dir = run_dir / "cells"
-    if not cells_dir.is_dir():
-        return run
+    entries = []
+    if cells_dir.is_dir():
+        for cell_dir in sorted(p for p in cells_dir.iterdir() if p.is_dir()):
+            data, reason = _read_cell(cell_dir / RESULT_FILE)
+            entries.append((f"cells/{cell_dir.name}/{RESULT_FILE}", data, reason))
+    return _collect(LoadedRun(run_dir=run_dir), entries)
+
+
+IN_MEMORY = Path("<results>")
+
+
+def load_results(results: Iterable[Any]) -> LoadedRun:
+    """Result dicts already in memory (e.g. the runner's), checked exactly like files.
+
+    Entries are named `results[k]`; the returned run's `run_dir` is `IN_MEMORY`.
+    """
+    entries = []
+    for k, data in enumerate(results):
+        reason = validate_result(data)
+        entries.append((f"results[{k}]", None if reason else dict(data), reason))
+    return _collect(LoadedRun(run_dir=IN_MEMORY), entries)
+
+
+def _collect(run: LoadedRun, entries: list[tuple[str, dict | None, str]]) -> LoadedRun:
+    """Sort (where, data, reason) entries into cells, failed and skipped."""
     candidates = []
-    for cell_dir in sorted(p for p in cells_dir.iterdir() if p.is_dir()):
+    for where, data, reason in entries:
         run.n_found += 1
-        rel = f"cells/{cell_dir.name}/{RESULT_FILE}"
-        data, reason = _read_cell(cell_dir / RESULT_FILE)
         if reason:
-            run.skipped.append(Skipped(rel, reason))
+            run.skipped.append(Skipped(where, reason))
         elif data["status"] == "failed":
-            run.failed.append(_failed_cell(rel, data))
+            run.failed.append(_failed_cell(where, data))
         else:
-            candidates.append((rel, data))
+            candidates.append((where, data))
     kept, skipped = resolve_conflicts(candidates)
     run.cells = [data for _, data in kept]
-    for rel, data in kept:
-        data["_path"] = rel  # where it came from, for messages
+    for where, data in kept:
+        data["_path"] = where  # where it came from, for messages
     run.skipped.extend(skipped)
     return run
 
@@ -124,7 +146,7 @@ def _read_cell(path: Path) -> tuple[dict[str, Any] | None, str]:
 
 
 def validate_result(data: Any) -> str:
-    """"" when `data` is a usable result dict of schema version 1, else the reason."""
+    """ "" when `data` is a usable result dict of schema version 1, else the reason."""
     if not isinstance(data, dict):
         return f"not a JSON object (got {type(data).__name__})"
     version = data.get("schema_version")
@@ -194,7 +216,9 @@ def _failed_cell(rel: str, data: dict[str, Any]) -> FailedCell:
 
 
 # --------------------------------------------------------------------------- conflicts
-def resolve_conflicts(cells: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], list[Skipped]]:
+def resolve_conflicts(
+    cells: list[tuple[str, dict]],
+) -> tuple[list[tuple[str, dict]], list[Skipped]]:
     """Keep one consistent set of cells per (scenario, label) and per scenario.
 
     Rules, each keeping the majority and skipping the rest with a reason:
@@ -223,7 +247,9 @@ def resolve_conflicts(cells: list[tuple[str, dict]]) -> tuple[list[tuple[str, di
         seen_seeds: set[int] = set()
         for rel, data in members:
             if data["seed"] in seen_seeds:
-                skipped.append(Skipped(rel, f"duplicate seed {data['seed']} for {scenario}/{label}"))
+                skipped.append(
+                    Skipped(rel, f"duplicate seed {data['seed']} for {scenario}/{label}")
+                )
             else:
                 seen_seeds.add(data["seed"])
                 kept.append((rel, data))
@@ -268,11 +294,3 @@ def _keep_majority(members, key, why, skipped):
         else:
             skipped.append(Skipped(rel, why(winner, counts[winner], k, counts[k])))
     return kept
-
-
-def finite_or_nan(value: Any) -> float:
-    """float(value), with None and non-finite values as NaN."""
-    if value is None:
-        return math.nan
-    value = float(value)
-    return value if math.isfinite(value) else math.nan

@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import re
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -27,13 +28,13 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: no display needed, same output everywhere
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.path import Path  # noqa: E402
 from matplotlib.textpath import TextPath, text_to_path  # noqa: E402
 from matplotlib.transforms import Affine2D  # noqa: E402
-import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from clbench.report.aggregate import Analysis, ScenarioInfo  # noqa: E402
@@ -64,24 +65,42 @@ def render_plots(analysis: Analysis, jobs: int | None = None) -> list[Plot]:
     """Every figure of the report, rendered in `jobs` processes (default: CPU count, max 4).
 
     Figures are independent and rendering is CPU-bound, so on Linux they are
-    drawn in forked workers, which inherit `analysis` and imported matplotlib
-    without pickling or re-importing. `CLBENCH_REPORT_JOBS=1` forces one process.
+    drawn in forked workers, which inherit `analysis` and the imported matplotlib
+    without pickling or re-importing anything. `CLBENCH_REPORT_JOBS=1` forces one process.
     """
     tasks = [(name, kind) for kind in KINDS for name in sorted(analysis.scenarios)]
-    jobs = jobs or int(os.environ.get("CLBENCH_REPORT_JOBS", 0)) or min(os.cpu_count() or 1, 4)
-    if jobs < 2 or len(tasks) < 2 or "fork" not in mp.get_all_start_methods() or sys.platform != "linux":
+    jobs = min(jobs or _default_jobs(), len(tasks))
+    if jobs < 2 or not _fork_is_safe():
         results = [_render_one(analysis, name, kind) for name, kind in tasks]
     else:
         global _FORKED_ANALYSIS
         _FORKED_ANALYSIS = analysis
         try:
-            with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("fork")) as pool:
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
                 results = list(pool.map(_render_in_worker, tasks))
         finally:
             _FORKED_ANALYSIS = None
     order = {kind: k for k, kind in enumerate(KINDS)}
     plots = [p for p in results if p is not None]
     return sorted(plots, key=lambda p: (p.scenario, order[p.kind]))
+
+
+def _default_jobs() -> int:
+    env = os.environ.get("CLBENCH_REPORT_JOBS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else min(os.cpu_count() or 1, 4)
+
+
+def _fork_is_safe() -> bool:
+    """Fork only on Linux and from a single-threaded Python process.
+
+    A thread holding a lock at fork time (a progress bar, a logging handler)
+    can leave a child blocked forever; rendering in one process is only slower.
+    """
+    return (
+        sys.platform == "linux"
+        and "fork" in mp.get_all_start_methods()
+        and threading.active_count() == 1
+    )
 
 
 _FORKED_ANALYSIS: Analysis | None = None
@@ -117,7 +136,9 @@ def _png(fig) -> bytes:
 
 
 def _styles(labels: list[str]) -> dict[str, tuple]:
-    return {lab: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, lab in enumerate(labels)}
+    return {
+        lab: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, lab in enumerate(labels)
+    }
 
 
 def _figure_with_legend_room(size: tuple[float, float]):
@@ -161,11 +182,12 @@ def _heatmaps(analysis, info, labels, style):
         wspace=0.12, hspace=0.25,
     )  # fmt: skip
     # viridis is dark at its low end; reversed for losses so that "good" is always bright.
-    cmap = plt.get_cmap("viridis" if info.higher_is_better else "viridis_r").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("viridis" if info.higher_is_better else "viridis_r").with_extremes(
+        bad="lightgrey"
+    )
     ticks = np.arange(T)
     image = None
-    for ax, lab, M in zip(axes.flat, labels, means):
+    for ax, lab, M in zip(axes.flat, labels, means, strict=False):  # spare panels stay empty
         image = ax.imshow(M, cmap=cmap, vmin=vmin, vmax=vmax)
         n = len(analysis.groups[(info.name, lab)].seeds)
         ax.set_title(f"{lab} (n={n})", fontsize=10)
@@ -180,8 +202,8 @@ def _heatmaps(analysis, info, labels, style):
     fig.supxlabel("test experience j", y=0.15 / height, fontsize=10)
     fig.supylabel("after training experience i", x=0.15 / width, fontsize=10)
     fig.colorbar(image, ax=axes.ravel().tolist(), label=_axis_label(info), shrink=0.8)
-    fig.suptitle(f"{info.name}: result matrix R[i][j], mean over seeds (numbers: trained part j <= i)",
-                 y=1 - 0.15 / height)  # fmt: skip
+    title = f"{info.name}: result matrix R[i][j], mean over seeds (numbers: trained part j <= i)"
+    fig.suptitle(title, y=1 - 0.15 / height)
     return fig
 
 
@@ -306,7 +328,7 @@ def _pareto(analysis, info, labels, style):
             points.append((x, y))  # the joint reference is shown but not on the front
     front = pareto_front(points, info.higher_is_better)
     if len(front) > 1:
-        fx, fy = zip(*front)
+        fx, fy = zip(*front, strict=True)
         ax.plot(fx, fy, "--", color="grey", linewidth=1, label="Pareto front")
     xs = [p[0] for p in points if p[0] > 0]
     if xs and max(xs) / min(xs) > 20:
@@ -323,7 +345,9 @@ def _err(half: float):
     return half if math.isfinite(half) else None
 
 
-def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
+def pareto_front(
+    points: list[tuple[float, float]], higher_is_better: bool
+) -> list[tuple[float, float]]:
     """Points not beaten on both time (lower) and metric (its own direction), by time."""
     sign = 1.0 if higher_is_better else -1.0
     front, best = [], -math.inf

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-# strategy: (accuracy right after learning, accuracy lost per later experience, seconds per experience)
+# strategy: (accuracy right after learning, loss per later experience, seconds per experience)
 PROFILES = {
     "naive": (0.95, 0.15, 2.0),
     "ewc": (0.90, 0.07, 2.6),

@@ -51,7 +51,9 @@ def write_outputs(analyses: list[Analysis], out: Path, formats: tuple[str, ...])
         paths.append(write_csv(summary_frame(main), out / "summary.csv"))
         paths.append(write_csv(long_frame(main), out / "long.csv"))
     if "tex" in formats:
-        paths.append(_write_text(out / "summary.tex", render_latex(main.run_name, tables, problems)))
+        paths.append(
+            _write_text(out / "summary.tex", render_latex(main.run_name, tables, problems))
+        )
     plots = render_plots(main) if {"png", "html"} & set(formats) else []
     if "png" in formats:
         for plot in plots:
@@ -70,6 +72,8 @@ def write_outputs(analyses: list[Analysis], out: Path, formats: tuple[str, ...])
             ("Skipped", [str(s) for s in main.run.skipped]),
             ("Notes", main.notes),
         ]
-        page = render_html(f"clbench report: {main.run_name}", counts_line(main), sections, lists, comparison)
+        page = render_html(
+            f"clbench report: {main.run_name}", counts_line(main), sections, lists, comparison
+        )
         paths.append(_write_text(out / "report.html", page))
     return paths
