@@ -4,7 +4,8 @@ Generates a synthetic run of 4 scenarios x 10 strategies x 5 seeds with T = 10
 experiences (every figure at its largest: ten heatmap panels per scenario, all
 annotated), times one cold `build_report` call with every format (plots and
 matplotlib's import included), prints the result and appends it to
-benchmarks/report_speed.txt.
+benchmarks/report_speed.txt. `load1` is the machine's 1-minute load average
+at the end: other processes on the same CPUs slow the report down.
 
     python benchmarks/report_speed.py            # exit status 1 when over --limit
     CLBENCH_REPORT_JOBS=1 python benchmarks/report_speed.py   # single process
@@ -55,7 +56,8 @@ def main() -> int:
         f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} cells={n_cells} "
         f"layout={len(SCENARIOS)}x{len(STRATEGIES)}x{len(SEEDS)} T={T} "
         f"build_report={seconds:.2f}s import={import_seconds:.2f}s files={n_files} "
-        f"cpus={os.cpu_count()} jobs={jobs} python={platform.python_version()} {verdict}"
+        f"cpus={os.cpu_count()} load1={os.getloadavg()[0]:.1f} jobs={jobs} "
+        f"python={platform.python_version()} {verdict}"
     )
     print(line)
     with args.out.open("a") as f:

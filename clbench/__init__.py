@@ -6,3 +6,12 @@ accuracy matrices.
 """
 
 __version__ = "0.1.0"
+
+from clbench.registry import (  # noqa: E402  (the public registration API)
+    register_model,
+    register_plugin,
+    register_scenario,
+    register_strategy,
+)
+
+__all__ = ["register_model", "register_plugin", "register_scenario", "register_strategy", "__version__"]

@@ -129,7 +129,10 @@ def cmd_bench(args) -> int:
     _load_plugins(plugin_files)
     if args.jobs < 1:
         raise ClbenchError(f"bad --jobs {args.jobs}; must be >= 1")
-    cells = expand_suite(suite, args.sets)  # validates every cell before anything runs
+    skipped: list[str] = []
+    cells = expand_suite(suite, args.sets, skipped)  # validates every cell before anything runs
+    for line in skipped:
+        print(f"skipping {line}")
     run_dir = Path(args.out or f"runs/{suite.name}")
     outcome = run_suite(cells, run_dir, resume=args.resume, jobs=args.jobs, data_root=args.data_root,
                         download=args.download, plugin_files=plugin_files, progress=not args.quiet,

@@ -235,6 +235,9 @@ class SuiteConfig:
     strategy_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     variants: list[Variant] = field(default_factory=list)
     plugin_files: list[str] = field(default_factory=list)
+    # Skip (and list) strategy x scenario pairs the strategy does not support,
+    # instead of refusing the whole suite.
+    skip_unsupported: bool = False
 
 
 SUITE_KEYS = {f.name for f in dataclasses.fields(SuiteConfig)}
@@ -244,11 +247,14 @@ def load_suite(path: str | Path) -> SuiteConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"suite file not found: {path}")
+    text = path.read_text()
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        # tomllib's message ends with "(at line L, column C)".
-        raise ConfigError(f"TOML error in suite file {path}: {exc}") from exc
+        # tomllib ends its message with "(at line L, column C)", or with
+        # "(at end of document)" for an unterminated value: name that line too.
+        message = str(exc).replace("(at end of document)", f"(at end of document, line {text.count(chr(10)) or 1})")
+        raise ConfigError(f"TOML error in suite file {path}: {message}") from exc
     unknown = sorted(set(raw) - SUITE_KEYS)
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; valid: {', '.join(sorted(SUITE_KEYS))}")

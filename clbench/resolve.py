@@ -89,8 +89,12 @@ def strategy_param_names(strategy: str) -> list[str]:
     return [f.name for f in fields(spec.params)] if spec.params else []
 
 
-def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None) -> list[RunConfig]:
-    """Every cell of a suite: scenarios x (strategies + variants) x seeds."""
+def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None, skipped: list[str] | None = None) -> list[RunConfig]:
+    """Every cell of a suite: scenarios x (strategies + variants) x seeds.
+
+    With `skip_unsupported`, incompatible (scenario, strategy) pairs are left
+    out and described in `skipped` instead of raising.
+    """
     cli_overrides = parse_set_args(cli_set or [])
     entries = [(name, name, {}) for name in suite.strategies]
     entries += [(v.label, v.strategy, v.set) for v in suite.variants]
@@ -104,6 +108,11 @@ def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None) -> list[R
     cells = []
     for scenario in suite.scenarios:
         for label, strategy, variant_set in entries:
+            scenario_type = SCENARIOS.get(scenario).scenario_type
+            if suite.skip_unsupported and scenario_type not in STRATEGIES.get(strategy).supports:
+                if skipped is not None:
+                    skipped.append(f"{scenario}/{label}: {strategy} does not support {scenario_type}")
+                continue
             layers = [("suite set", suite.set)]
             layers.append(("suite scenario_args", {f"scenario.{k}": v for k, v in suite.scenario_args.get(scenario, {}).items()}))
             layers.append(("suite strategy_args", {f"strategy.{k}": v for k, v in suite.strategy_args.get(strategy, {}).items()}))

@@ -131,3 +131,15 @@ def test_suite_rejects_duplicate_labels_and_stray_scenario_args(tmp_path):
     path.write_text('scenarios = ["pmnist"]\nstrategies = ["naive"]\n[scenario_args.split_mnist]\nn_experiences = 5\n')
     with pytest.raises(ConfigError, match="scenarios it does not run: split_mnist"):
         expand_suite(load_suite(path))
+
+
+def test_skip_unsupported_lists_the_pairs_it_leaves_out(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('scenarios = ["pmnist", "split_mnist"]\nstrategies = ["naive", "icarl"]\nseeds = [0]\n')
+    with pytest.raises(ConfigError, match="'icarl' does not support domain_il"):
+        expand_suite(load_suite(path))
+    path.write_text(path.read_text() + "skip_unsupported = true\n")
+    skipped: list[str] = []
+    cells = expand_suite(load_suite(path), skipped=skipped)
+    assert [(c.scenario, c.strategy) for c in cells] == [("pmnist", "naive"), ("split_mnist", "naive"), ("split_mnist", "icarl")]
+    assert skipped == ["pmnist/icarl: icarl does not support domain_il"]

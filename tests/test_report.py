@@ -218,3 +218,35 @@ def test_plots_are_the_same_in_one_or_several_processes(tmp_path):
     kinds = ("heatmaps", "seen_average", "forgetting", "pareto")
     assert [p.filename for p in serial] == [f"pmnist__{k}.png" for k in kinds]
     assert [p.png for p in serial] == [p.png for p in forked]
+
+
+def test_lower_is_better_plots_say_so(tmp_path):
+    from clbench.report import plots
+
+    run_dir = tmp_path / "lm"
+    write_synthetic_run(run_dir, ("brown",), ("naive", "ewc"), T=3, metric_name="bpc",
+                        higher_is_better=False)  # fmt: skip
+    analysis = analyze(load_run(run_dir))
+    info, labels = analysis.scenarios["brown"], ["naive", "ewc"]
+    style = plots._styles(labels)
+    heat = plots._heatmaps(analysis, info, labels, style)
+    assert heat.axes[0].images[0].get_cmap().name == "viridis_r"  # low loss is bright
+    assert heat.axes[-1].get_ylabel() == "bpc, lower is better"  # the colour bar
+    bars = plots._forgetting_bars(analysis, info, labels, style)
+    assert bars.axes[0].get_ylabel() == "forgetting: rise of bpc\npositive = worse"
+    pareto = plots._pareto(analysis, info, labels, style)
+    assert pareto.axes[0].get_ylabel() == "final bpc, lower is better"
+    for fig in (heat, bars, pareto):
+        plots.plt.close(fig)
+
+
+def test_unusual_runs_still_render(tmp_path):
+    """Only a joint row, a single strategy, and T above the annotation limit."""
+    run_dir = tmp_path / "odd"
+    write_synthetic_run(run_dir, ("only_joint",), ("joint",), seeds=(0,), T=2)
+    write_synthetic_run(run_dir, ("long_stream",), ("ewc",), seeds=(0, 1), T=12)
+    result = build_report(run_dir)
+    assert {p.name for p in result.paths} >= {"only_joint__heatmaps.png", "long_stream__pareto.png"}
+    s = result.summary.set_index("scenario")
+    assert s.loc["only_joint", "best_baseline"] == "" and s.loc["long_stream", "n_seeds"] == 2
+    assert "long_stream: best ACC ewc" in result.text

@@ -11,7 +11,7 @@ values as stored in result.json.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -58,7 +58,6 @@ class DisplayTable:
     rows: list[list[Cell]]
     caption: str
     anchor: str = ""  # a stable id for HTML links
-    notes: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- formatting

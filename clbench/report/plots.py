@@ -62,7 +62,7 @@ def safe_name(text: str) -> str:
 
 
 def render_plots(analysis: Analysis, jobs: int | None = None) -> list[Plot]:
-    """Every figure of the report, rendered in `jobs` processes (default: CPU count, max 4).
+    """Every figure of the report, rendered in `jobs` processes (default: idle CPUs, max 4).
 
     Figures are independent and rendering is CPU-bound, so on Linux they are
     drawn in forked workers, which inherit `analysis` and the imported matplotlib
@@ -86,8 +86,21 @@ def render_plots(analysis: Analysis, jobs: int | None = None) -> list[Plot]:
 
 
 def _default_jobs() -> int:
+    """CLBENCH_REPORT_JOBS if set, else the CPUs left idle by other processes (1 to 4).
+
+    Forked workers need about a third more CPU time in total than one process
+    (copy-on-write, cold caches), so they only pay off on cores nobody else uses:
+    on a busy machine one process finishes first.
+    """
     env = os.environ.get("CLBENCH_REPORT_JOBS", "")
-    return int(env) if env.isdigit() and int(env) > 0 else min(os.cpu_count() or 1, 4)
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cpus = os.cpu_count() or 1
+    try:
+        idle = cpus - os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        idle = cpus
+    return max(1, min(4, round(idle)))
 
 
 def _fork_is_safe() -> bool:
@@ -148,11 +161,11 @@ def _figure_with_legend_room(size: tuple[float, float]):
     return fig, ax
 
 
-def _axis_label(info: ScenarioInfo, what: str = "level") -> str:
-    u = units_for(info.metric_name)
-    unit = u.level if what == "level" else u.delta
-    direction = "higher" if info.higher_is_better else "lower"
-    return f"{info.metric_name} ({unit}), {direction} is better"
+def _axis_label(info: ScenarioInfo) -> str:
+    """E.g. "accuracy (%), higher is better" or "bpc, lower is better"."""
+    unit = units_for(info.metric_name).level
+    name = info.metric_name if unit == info.metric_name else f"{info.metric_name} ({unit})"
+    return f"{name}, {'higher' if info.higher_is_better else 'lower'} is better"
 
 
 def _mean_ci(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -188,7 +201,7 @@ def _heatmaps(analysis, info, labels, style):
     ticks = np.arange(T)
     image = None
     for ax, lab, M in zip(axes.flat, labels, means, strict=False):  # spare panels stay empty
-        image = ax.imshow(M, cmap=cmap, vmin=vmin, vmax=vmax)
+        image = ax.imshow(M, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         n = len(analysis.groups[(info.name, lab)].seeds)
         ax.set_title(f"{lab} (n={n})", fontsize=10)
         if T <= MAX_ANNOTATED_T:
@@ -304,7 +317,8 @@ def _forgetting_bars(analysis, info, labels, style):
     ax.set_xticks(x)
     ax.set_xlabel("experience (forgetting measured after the last experience)")
     rise = "drop" if info.higher_is_better else "rise"
-    ax.set_ylabel(f"forgetting: {rise} of {info.metric_name} ({u.delta})\npositive = worse")
+    unit = "" if u.delta == info.metric_name else f" ({u.delta})"
+    ax.set_ylabel(f"forgetting: {rise} of {info.metric_name}{unit}\npositive = worse")
     ax.set_title(f"{info.name}: per-experience forgetting (Chaudhry et al. 2018), 95% CI")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)

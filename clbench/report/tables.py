@@ -92,7 +92,7 @@ def long_frame(analysis: Analysis) -> pd.DataFrame:
     ident = list(IDENTITY_COLUMNS)
     scalars = cells.melt(id_vars=ident, value_vars=list(STAT_KEYS), var_name="metric")
     scalars["experience"] = pd.NA
-    per_exp = [scalars.iloc[:0]]
+    per_exp = []
     for (scenario, label), g in analysis.groups.items():
         if g.forgetting.shape[1] == 0:
             continue
@@ -103,7 +103,7 @@ def long_frame(analysis: Analysis) -> pd.DataFrame:
         block["value"] = g.forgetting.ravel()
         block["experience"] = np.tile(np.arange(g.forgetting.shape[1]), len(rows))
         per_exp.append(block)
-    long = pd.concat([scalars, *per_exp[1:]], ignore_index=True)
+    long = pd.concat([scalars, *per_exp], ignore_index=True)
     return long.merge(_p_values_long(analysis), on=["scenario", "label", "metric"], how="left")
 
 

@@ -1,0 +1,35 @@
+# clbench: `make bench` runs the default suite and writes reports/quick/;
+# `make test` runs the test suite. Both install into .venv first if needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.clbench-installed
+JOBS   ?= 1
+
+.PHONY: install bench test report bench-full lint clean-runs
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; the package itself is editable.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+bench: install
+	$(BIN)/clbench bench suites/quick.toml --out runs/quick --jobs $(JOBS) --report reports/quick
+
+test: install
+	$(BIN)/python -m pytest -q
+
+report: install
+	$(BIN)/clbench report runs/quick --out reports/quick
+
+bench-full: install
+	$(BIN)/clbench bench suites/full.toml --out runs/full --jobs $(JOBS) --report reports/full
+
+lint: install
+	$(BIN)/ruff check .
+
+clean-runs:
+	rm -rf runs/

@@ -1,0 +1,242 @@
+"""clbench vs stock Avalanche on Permuted MNIST: seconds and final accuracy, side by side.
+
+The same stream (3 experiences x 10k training images, the full 10k test set per
+experience), model (MLP 2x256, same init seed), optimizer (SGD lr 0.1, minibatch
+64, 1 epoch, eval minibatch 1024) and strategy (Avalanche's Naive / EWC lambda 1
+"separate" / Replay mem 500) run twice in one process:
+
+* stock: Avalanche's own `PermutedMNIST` (TensorMNIST + per-sample scale,
+  permutation and Normalize transforms), and an `EvaluationPlugin` with
+  accuracy and forgetting metrics evaluating the whole test stream after each
+  experience;
+* clbench: `run_cell` on the `pmnist` scenario (tensorized stream, batched fetch,
+  batched accuracy matrix; it also evaluates the untrained model once more).
+
+Targets (issue): clbench >= 5x faster, final average accuracy within 1.5 points.
+Exits 1 when a target is missed, after printing and writing the table.
+
+    CLBENCH_DATA=/work/shared/data python benchmarks/vs_avalanche.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from avalanche.benchmarks.classic import PermutedMNIST
+from avalanche.benchmarks.datasets.external_datasets.mnist import get_mnist_dataset
+from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
+from avalanche.training import EWC, Naive, Replay
+from avalanche.training.plugins import EvaluationPlugin
+from torch import nn
+
+from clbench import fastdata
+from clbench.resolve import resolve_config
+from clbench.runner import run_cell, seed_everything
+from clbench.scenarios.datasets import load_mnist
+
+HERE = Path(__file__).resolve().parent
+STRATEGIES = ("naive", "ewc", "replay")
+SEED, N_EXP, TRAIN_PER_EXP = 0, 3, 10_000
+LR, TRAIN_MB, EVAL_MB, EPOCHS, HIDDEN = 0.1, 64, 1024, 1, 256
+EWC_LAMBDA, MEM_SIZE = 1.0, 500
+MIN_SPEEDUP, MAX_ACC_GAP = 5.0, 1.5  # targets: x faster, accuracy points
+SECTION = "## clbench vs stock Avalanche"
+
+# Avalanche 0.6 deprecation noise and "No loggers specified" would bury the table.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message="No loggers specified")
+
+
+# --------------------------------------------------------------------------- stock Avalanche
+def clbench_train_indices(seed: int) -> list[list[int]]:
+    """The training images clbench's pmnist draws per experience, so both sides see the same ones.
+
+    scenarios/mnist.py uses one RandomState(seed): per experience a 784-pixel
+    permutation, then a sorted 10k subsample of the 60k images (the test set is
+    not subsampled). Avalanche draws its own permutations from the seed; any
+    fixed permutation is equally hard for an MLP, so only the images matter.
+    """
+    rng = np.random.RandomState(seed)
+    out = []
+    for _ in range(N_EXP):
+        rng.permutation(28 * 28)
+        out.append(np.sort(rng.choice(60_000, size=TRAIN_PER_EXP, replace=False)).tolist())
+    return out
+
+
+def mlp() -> nn.Module:
+    # Same layers, in the same creation order, as clbench.models.build_mlp(profile="quick"),
+    # so the same torch seed gives the same initial weights.
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 10)
+    )
+
+
+def run_stock(strategy: str, data_root: str) -> tuple[float, float]:
+    """(seconds, final average accuracy in %) of stock Avalanche, stream construction included."""
+    assert not fastdata.is_enabled(), "clbench's batched fetch must not leak into the stock run"
+    t0 = time.perf_counter()
+    full = PermutedMNIST(n_experiences=N_EXP, seed=SEED, dataset_root=data_root)
+    # `subset` keeps Avalanche's dataset class and its (frozen and train/eval) transforms.
+    train = [exp.dataset.subset(idx) for exp, idx in zip(full.train_stream, clbench_train_indices(SEED), strict=True)]
+    benchmark = benchmark_from_datasets(train=train, test=[exp.dataset for exp in full.test_stream])
+    seed_everything(SEED)  # as run_cell does just before building the model
+    model = mlp()
+    evaluator = EvaluationPlugin(
+        accuracy_metrics(experience=True, stream=True), forgetting_metrics(experience=True, stream=True), loggers=[]
+    )
+    common = dict(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR), criterion=nn.CrossEntropyLoss(),
+        train_mb_size=TRAIN_MB, train_epochs=EPOCHS, eval_mb_size=EVAL_MB, device="cpu", evaluator=evaluator,
+    )
+    if strategy == "naive":
+        cl = Naive(**common)
+    elif strategy == "ewc":
+        cl = EWC(ewc_lambda=EWC_LAMBDA, mode="separate", **common)
+    else:
+        cl = Replay(mem_size=MEM_SIZE, **common)
+    for exp in benchmark.train_stream:
+        cl.train(exp)
+        cl.eval(benchmark.test_stream)
+    seconds = time.perf_counter() - t0
+    accs = {
+        int(re.search(r"Exp(\d+)", k).group(1)): v
+        for k, v in evaluator.get_last_metrics().items()
+        if k.startswith("Top1_Acc_Exp/eval_phase/test_stream/")
+    }
+    assert sorted(accs) == list(range(N_EXP)), accs
+    return seconds, 100 * statistics.mean(accs.values())
+
+
+# --------------------------------------------------------------------------- clbench
+def run_clbench(strategy: str, data_root: str) -> tuple[float, float]:
+    """(seconds, final average accuracy in %) of one clbench cell, stream construction included."""
+    overrides = {
+        "scenario.n_experiences": N_EXP, "scenario.train_per_exp": TRAIN_PER_EXP, "scenario.test_per_exp": None,
+        "optimizer": "sgd", "lr": LR, "train_mb_size": TRAIN_MB, "eval_mb_size": EVAL_MB, "epochs": EPOCHS,
+        "device": "cpu",
+    }
+    overrides |= {"ewc": {"strategy.ewc_lambda": EWC_LAMBDA}, "replay": {"strategy.mem_size": MEM_SIZE}}.get(strategy, {})
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        cfg = resolve_config("pmnist", strategy, seed=SEED, profile="quick", overrides=overrides)
+        result = run_cell(cfg, Path(tmp), data_root=data_root, download=False, progress=False)
+        seconds = time.perf_counter() - t0
+    if result["status"] != "ok":
+        raise RuntimeError(f"clbench {strategy} failed: {result['error']}\n{result['traceback']}")
+    return seconds, 100 * statistics.mean(result["matrix"][-1])
+
+
+# --------------------------------------------------------------------------- table
+def machine_info() -> dict[str, str]:
+    return {
+        "cpus": str(os.cpu_count()), "torch threads": str(torch.get_num_threads()),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "avalanche": __import__("avalanche").__version__, "cpu": platform.processor() or platform.machine(),
+    }
+
+
+def fmt_times(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def build_table(times, accs, strategies) -> tuple[str, bool]:
+    rows = [
+        "| strategy | stock Avalanche s | clbench s | speedup | stock ACC | clbench ACC | abs ΔACC | meets targets |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    all_ok = True
+    for s in strategies:
+        speedup = statistics.median(times[s, "stock"]) / statistics.median(times[s, "clbench"])
+        a_stock, a_cl = statistics.mean(accs[s, "stock"]), statistics.mean(accs[s, "clbench"])
+        gap = abs(a_stock - a_cl)
+        ok = speedup >= MIN_SPEEDUP and gap <= MAX_ACC_GAP
+        all_ok &= ok
+        rows.append(
+            f"| {s} | {fmt_times(times[s, 'stock'])} | {fmt_times(times[s, 'clbench'])} | {speedup:.1f}x | "
+            f"{a_stock:.2f} | {a_cl:.2f} | {gap:.2f} | {'yes' if ok else 'NO'} |"
+        )
+    return "\n".join(rows), all_ok
+
+
+def replace_section(path: Path, body: str) -> None:
+    """Add or replace only this benchmark's section of RESULTS.md."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    block = f"{SECTION}\n\n{body.strip()}\n\n"
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    path.write_text(text.rstrip() + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per (strategy, side); the table shows the median")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--data-root", default=os.environ.get("CLBENCH_DATA", "/work/shared/data"))
+    parser.add_argument("--out", type=Path, default=HERE / "vs_avalanche.md")
+    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md", help="gets the table under " + SECTION)
+    args = parser.parse_args()
+
+    # Warm the page cache for the four MNIST files through both readers, so the
+    # first timed run (whichever side) does not pay for a cold disk.
+    get_mnist_dataset(args.data_root)
+    for split in ("train", "test"):
+        load_mnist(args.data_root, split, download=False)
+
+    load_before = os.getloadavg()
+    started = datetime.now(timezone.utc)
+    runners = {"stock": run_stock, "clbench": run_clbench}
+    times: dict = {(s, side): [] for s in args.strategies for side in runners}
+    accs: dict = {(s, side): [] for s in args.strategies for side in runners}
+    # Interleave strategies and alternate which side goes first, so slow drifts in
+    # background load spread over both sides instead of landing on one.
+    for rep in range(args.repeats):
+        for s in args.strategies:
+            sides = ("stock", "clbench") if rep % 2 == 0 else ("clbench", "stock")
+            for side in sides:
+                seconds, acc = runners[side](s, args.data_root)
+                times[s, side].append(seconds)
+                accs[s, side].append(acc)
+                print(f"rep {rep} {s:7s} {side:8s} {seconds:6.2f} s  ACC {acc:.2f}", flush=True)
+    load_after = os.getloadavg()
+
+    table, all_ok = build_table(times, accs, args.strategies)
+    info = machine_info()
+    notes = (
+        f"Permuted MNIST, {N_EXP} experiences x {TRAIN_PER_EXP} training images, full 10k test set each; "
+        f"MLP 2x{HIDDEN}, SGD lr {LR}, minibatch {TRAIN_MB}, {EPOCHS} epoch, eval minibatch {EVAL_MB}, seed {SEED}; "
+        f"EWC lambda {EWC_LAMBDA:g} (separate), Replay mem {MEM_SIZE}.\n"
+        f"Seconds: median (min-max) of {args.repeats} runs per side, interleaved, in one process; they include "
+        "building the stream but not Python imports; MNIST files were read once before timing (page cache warm). "
+        "clbench's time also covers its extra evaluation of the untrained model and writing result.json. "
+        "ACC: mean over the 3 test experiences after the last one, in %, averaged over runs. "
+        f"Targets: speedup >= {MIN_SPEEDUP:g}x and abs ΔACC <= {MAX_ACC_GAP:g} points.\n\n"
+        f"Machine: {info['cpus']} CPUs ({info['cpu']}), torch threads {info['torch threads']}, "
+        f"python {info['python']}, torch {info['torch']}, avalanche {info['avalanche']}; "
+        f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
+        f"after {'/'.join(f'{x:.2f}' for x in load_after)}; run at {started:%Y-%m-%d %H:%M} UTC "
+        "by `python benchmarks/vs_avalanche.py`.\n"
+    )
+    print("\n" + table + "\n\n" + notes)
+    args.out.write_text(f"# clbench vs stock Avalanche (Permuted MNIST)\n\n{table}\n\n{notes}")
+    replace_section(args.results, f"{table}\n\n{notes}")
+    if not all_ok:
+        print("a target was missed (see the 'meets targets' column)", file=sys.stderr)
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
