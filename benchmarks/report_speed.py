@@ -5,7 +5,8 @@ experiences (every figure at its largest: ten heatmap panels per scenario, all
 annotated), times one cold `build_report` call with every format (plots and
 matplotlib's import included), prints the result and appends it to
 benchmarks/report_speed.txt. `load1` is the machine's 1-minute load average
-at the end: other processes on the same CPUs slow the report down.
+at the end: other processes on the same CPUs slow the report down, and `cpu`
+(user + system time, plot workers included) is what it costs on idle CPUs.
 
     python benchmarks/report_speed.py            # exit status 1 when over --limit
     CLBENCH_REPORT_JOBS=1 python benchmarks/report_speed.py   # single process
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -29,6 +31,15 @@ SCENARIOS = ("pmnist", "split_mnist", "split_cifar100", "clinc150")
 STRATEGIES = ("naive", "ewc", "si", "lwf", "replay", "agem", "der", "gdumb", "hope", "joint")
 SEEDS = range(5)
 T = 10
+
+
+def _cpu_seconds() -> float:
+    """User + system time of this process and its finished children (the plot workers)."""
+    me, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> int:
@@ -45,9 +56,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         n_cells = len(write_synthetic_run(run_dir, SCENARIOS, STRATEGIES, SEEDS, T))
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         result = build_report(run_dir)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
         n_files = len(result.paths)
 
     verdict = "ok" if seconds < args.limit else f"OVER the {args.limit:.0f} s limit"
@@ -55,7 +66,8 @@ def main() -> int:
     line = (
         f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} cells={n_cells} "
         f"layout={len(SCENARIOS)}x{len(STRATEGIES)}x{len(SEEDS)} T={T} "
-        f"build_report={seconds:.2f}s import={import_seconds:.2f}s files={n_files} "
+        f"build_report={seconds:.2f}s cpu={cpu_seconds:.2f}s import={import_seconds:.2f}s "
+        f"files={n_files} "
         f"cpus={os.cpu_count()} load1={os.getloadavg()[0]:.1f} jobs={jobs} "
         f"python={platform.python_version()} {verdict}"
     )
