@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clbench", description="Continual-learning benchmark suite on Avalanche.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list registered strategies, scenarios, models or plugins")
-    p.add_argument("what", nargs="?", default="all", choices=("all", "strategies", "scenarios", "models", "plugins"))
+    p = sub.add_parser("list", help="list registered strategies, scenarios, models, optimizers or plugins")
+    p.add_argument("what", nargs="?", default="all",
+                   choices=("all", "strategies", "scenarios", "models", "optimizers", "plugins"))
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
 
     p = sub.add_parser("run", help="run one cell (scenario x strategy x seed)")
@@ -69,13 +70,14 @@ def _load_plugins(files: list[str]) -> None:
 
 
 def cmd_list(args) -> int:
-    from clbench.registry import MODELS, PLUGINS, SCENARIOS, STRATEGIES
+    from clbench.registry import MODELS, OPTIMIZERS, PLUGINS, SCENARIOS, STRATEGIES
 
     _load_plugins(args.plugin)
     sections = {
         "strategies": (STRATEGIES, lambda s: f"[{', '.join(s.supports)}] {s.description}"),
         "scenarios": (SCENARIOS, lambda s: f"[{s.scenario_type}] {s.description}"),
         "models": (MODELS, lambda s: s.description),
+        "optimizers": (OPTIMIZERS, lambda s: s.description),
         "plugins": (PLUGINS, lambda s: s.description),
     }
     for name, (registry, describe) in sections.items():

@@ -26,7 +26,6 @@ from typing import Any
 from clbench.errors import ConfigError
 
 PROFILES = ("smoke", "quick", "full")
-OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -54,6 +53,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     scenario_args: dict[str, Any] = field(default_factory=dict)
     strategy_args: dict[str, Any] = field(default_factory=dict)
+    optimizer_args: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,8 +162,8 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], *, where: str = "
     """Apply flat `key=value` overrides in place.
 
     Keys: `label`, `model`, `device`, `plugins`, any TrainConfig field (bare or
-    as `train.<field>`), `scenario.<option>` and `strategy.<param>`. Scenario and
-    strategy keys are checked against their declared dataclasses later, in
+    as `train.<field>`), `scenario.<option>`, `strategy.<param>` and
+    `optim.<option>`. Scenario, strategy and optimizer keys are checked against their declared dataclasses later, in
     `resolve` (they depend on which scenario and strategy are chosen).
     """
     train_types = field_types(TrainConfig)
@@ -179,15 +179,15 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], *, where: str = "
             cfg.scenario_args[name] = value
         elif section == "strategy" and name:
             cfg.strategy_args[name] = value
+        elif section == "optim" and name:
+            cfg.optimizer_args[name] = value
         else:
-            valid = list(TOP_LEVEL_KEYS) + sorted(train_types) + ["train.<field>", "scenario.<option>", "strategy.<param>"]
+            valid = list(TOP_LEVEL_KEYS) + sorted(train_types) + ["train.<field>", "scenario.<option>", "strategy.<param>", "optim.<option>"]
             raise ConfigError(f"unknown config key {key!r} in {where}; valid keys: {', '.join(valid)}")
 
 
 def validate_train(cfg: RunConfig) -> None:
     t = cfg.train
-    if t.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"bad value for optimizer: {t.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
     for name in ("epochs", "train_mb_size", "eval_mb_size"):
         if getattr(t, name) < 1:
             raise ConfigError(f"bad value for {name}: {getattr(t, name)}; must be a positive integer")

@@ -2,7 +2,8 @@
 
 Built-in components register themselves with a decorator when their package is
 imported. Third-party packages plug in through the entry-point groups
-`clbench.strategies`, `clbench.scenarios`, `clbench.models` and `clbench.plugins` (the entry point
+`clbench.strategies`, `clbench.scenarios`, `clbench.models`, `clbench.plugins` and
+`clbench.optimizers` (the entry point
 names a module or object; importing it runs the decorators). A strategy file
 that is not installed is loaded with `load_plugin_file` (`--plugin path.py`).
 """
@@ -67,6 +68,17 @@ class PluginSpec:
     origin: str = "builtin"
 
 
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A torch.optim.Optimizer usable by any strategy (`--set optimizer=name`)."""
+
+    name: str
+    factory: Callable[..., Any]  # factory(params, train_config, opt_params) -> torch.optim.Optimizer
+    description: str
+    params: type | None = None  # dataclass of optimizer-specific options (`--set optim.<field>=...`)
+    origin: str = "builtin"
+
+
 class Registry:
     def __init__(self, kind: str):
         self.kind = kind
@@ -99,6 +111,7 @@ STRATEGIES = Registry("strategy")
 SCENARIOS = Registry("scenario")
 MODELS = Registry("model")
 PLUGINS = Registry("plugin")
+OPTIMIZERS = Registry("optimizer")
 
 # Module that is being imported by a plugin loader, recorded as the origin of
 # whatever it registers (so that error messages can say where a name came from).
@@ -111,7 +124,7 @@ def _origin_of(fn: Callable) -> str:
 
 def _check_params(name: str, params: type | None) -> None:
     if params is not None and not dataclasses.is_dataclass(params):
-        raise ClbenchError(f"strategy {name!r}: params must be a dataclass, got {params!r}")
+        raise ClbenchError(f"{name!r}: params must be a dataclass, got {params!r}")
 
 
 def register_strategy(
@@ -163,6 +176,16 @@ def register_model(name: str, *, description: str):
     return decorate
 
 
+def register_optimizer(name: str, *, description: str, params: type | None = None):
+    _check_params(name, params)
+
+    def decorate(factory: Callable) -> Callable:
+        OPTIMIZERS.add(OptimizerSpec(name, factory, description, params, _origin_of(factory)))
+        return factory
+
+    return decorate
+
+
 def register_plugin(name: str, *, description: str):
     def decorate(factory: Callable) -> Callable:
         PLUGINS.add(PluginSpec(name, factory, description, _origin_of(factory)))
@@ -173,7 +196,9 @@ def register_plugin(name: str, *, description: str):
 
 # --------------------------------------------------------------------------- loading
 _loaded = False
-_ENTRY_POINT_GROUPS = ("clbench.strategies", "clbench.scenarios", "clbench.models", "clbench.plugins")
+_ENTRY_POINT_GROUPS = (
+    "clbench.strategies", "clbench.scenarios", "clbench.models", "clbench.plugins", "clbench.optimizers",
+)
 
 
 def _load_all() -> None:
@@ -183,6 +208,7 @@ def _load_all() -> None:
         return
     _loaded = True
     importlib.import_module("clbench.models")
+    importlib.import_module("clbench.optimizers")
     importlib.import_module("clbench.scenarios")
     importlib.import_module("clbench.strategies")
     for group in _ENTRY_POINT_GROUPS:

@@ -18,7 +18,7 @@ from clbench.config import (
     validate_train,
 )
 from clbench.errors import ConfigError
-from clbench.registry import MODELS, PLUGINS, SCENARIOS, STRATEGIES
+from clbench.registry import MODELS, OPTIMIZERS, PLUGINS, SCENARIOS, STRATEGIES
 
 
 def _strategy_defaults(spec, scenario: str) -> dict[str, Any]:
@@ -81,6 +81,12 @@ def resolve_config(
         cfg.strategy_args = check_dataclass_args(cfg.strategy_args, strategy_spec.params, f"strategy {strategy!r}")
     for name in cfg.plugins:
         PLUGINS.get(name)
+    optimizer_spec = OPTIMIZERS.get(cfg.train.optimizer)
+    if optimizer_spec.params is None:
+        if cfg.optimizer_args:
+            raise ConfigError(f"optimizer {cfg.train.optimizer!r} takes no options; got {', '.join(cfg.optimizer_args)}")
+    else:
+        cfg.optimizer_args = check_dataclass_args(cfg.optimizer_args, optimizer_spec.params, f"optimizer {cfg.train.optimizer!r}")
     return cfg
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from clbench.config import RunConfig
 from clbench.errors import NonFiniteLossError
+from clbench.registry import OPTIMIZERS
 
 
 class NonFiniteLossGuard(SupervisedPlugin):
@@ -38,14 +39,10 @@ class NonFiniteLossGuard(SupervisedPlugin):
             )
 
 
-def make_optimizer(params, train) -> torch.optim.Optimizer:
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    if train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
-    raise ValueError(f"unknown optimizer {train.optimizer!r}")  # validated earlier in config
+def make_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
+    spec = OPTIMIZERS.get(config.train.optimizer)
+    options = spec.params(**config.optimizer_args) if spec.params else None
+    return spec.factory(params, config.train, options)
 
 
 def silent_evaluator() -> EvaluationPlugin:
@@ -71,7 +68,7 @@ class StrategyContext:
         return self.config.train
 
     def optimizer(self, params=None) -> torch.optim.Optimizer:
-        return make_optimizer(self.model.parameters() if params is None else params, self.config.train)
+        return make_optimizer(self.model.parameters() if params is None else params, self.config)
 
     def template_kwargs(self, *, plugins: list | None = None, with_model: bool = True) -> dict[str, Any]:
         """Keyword arguments shared by all Avalanche templates (all passed explicitly:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clbench.config import load_suite, parse_set_args
-from clbench.errors import ConfigError, UnknownNameError
+from clbench.errors import ClbenchError, ConfigError, UnknownNameError
 from clbench.resolve import expand_suite, resolve_config
 
 
@@ -50,7 +50,8 @@ def test_model_auto_resolves_per_scenario():
         ({"lrr": 0.1}, "unknown config key 'lrr'"),
         ({"lr": "fast"}, "bad value for --set lr: 'fast' is not a number"),
         ({"epochs": 0}, "bad value for epochs: 0"),
-        ({"optimizer": "rmsprop"}, "accepted: sgd, adam, adamw"),
+        ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'; valid optimizers: adam, adamw, sgd"),
+        ({"optim.beta": 1}, "optimizer 'sgd' takes no options; got beta"),
         ({"strategy.ewc_lambda": -1}, "ewc_lambda must be >= 0"),
         ({"strategy.lambda": 1}, "unknown strategy 'ewc' option(s) lambda; valid: ewc_lambda"),
         ({"scenario.n_experiences": "five"}, "is not an integer"),
@@ -60,7 +61,7 @@ def test_model_auto_resolves_per_scenario():
     ],
 )
 def test_bad_values_are_rejected_with_the_accepted_ones(overrides, message):
-    with pytest.raises(ConfigError if "unknown model" not in message and "unknown plugin" not in message else UnknownNameError) as err:
+    with pytest.raises(ClbenchError) as err:
         resolve_config("pmnist", "ewc", overrides=overrides)
     assert message in str(err.value)
 
