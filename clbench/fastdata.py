@@ -27,7 +27,6 @@ import torch
 from avalanche.benchmarks.utils import data_loader as avalanche_data_loader
 from avalanche.benchmarks.utils.data import AvalancheDataset, _FlatDataWithTransform
 from avalanche.benchmarks.utils.transforms import TupleTransform
-
 from torch.utils.data import ConcatDataset
 
 from clbench.scenarios.stream import TensorLeaf

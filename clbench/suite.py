@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clbench.config import RunConfig
-from clbench.store import atomic_write_json, check_no_conflicts, cell_id, is_done, write_result
+from clbench.store import atomic_write_json, cell_id, check_no_conflicts, is_done, write_result
 
 
 @dataclass
@@ -70,7 +70,7 @@ def run_suite(
     check_no_conflicts(run_dir, ids)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "suite.json", {"name": suite_name, "cells": ids})
-    todo = [(c, cid) for c, cid in zip(cells, ids) if not (resume and is_done(run_dir, cid))]
+    todo = [(c, cid) for c, cid in zip(cells, ids, strict=True) if not (resume and is_done(run_dir, cid))]
     outcome = SuiteOutcome(run_dir, planned=len(cells), skipped=len(cells) - len(todo))
     bar = tqdm(total=len(todo), desc=f"suite {suite_name}".strip(), unit="cell", disable=not progress)
 

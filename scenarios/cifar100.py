@@ -15,7 +15,13 @@ import torch
 
 from clbench.registry import register_scenario
 from clbench.scenarios.cifar100_data import load_cifar100
-from clbench.scenarios.stream import ScenarioInfo, TensorStream, class_order, per_class_subsample, split_by_classes
+from clbench.scenarios.stream import (
+    ScenarioInfo,
+    TensorStream,
+    class_order,
+    per_class_subsample,
+    split_by_classes,
+)
 
 # Canonical training-set channel statistics (shared/data/CIFAR100/README.md).
 MEAN = torch.tensor([0.5071, 0.4865, 0.4409]).view(1, 3, 1, 1)

@@ -19,7 +19,9 @@ from avalanche.benchmarks.scenarios.deprecated.generic_benchmark_creation import
     create_multi_dataset_generic_benchmark,
 )
 from avalanche.benchmarks.utils import DataAttribute
-from avalanche.benchmarks.utils.classification_dataset import TaskAwareSupervisedClassificationDataset
+from avalanche.benchmarks.utils.classification_dataset import (
+    TaskAwareSupervisedClassificationDataset,
+)
 from avalanche.benchmarks.utils.flat_data import ConstantSequence
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 from avalanche.benchmarks.utils import DataAttribute
-from avalanche.benchmarks.utils.classification_dataset import TaskAwareSupervisedClassificationDataset
+from avalanche.benchmarks.utils.classification_dataset import (
+    TaskAwareSupervisedClassificationDataset,
+)
 from torch.utils.data import DataLoader
 
 from clbench import fastdata
