@@ -55,6 +55,7 @@ class RunConfig:
     scenario_args: dict[str, Any] = field(default_factory=dict)
     strategy_args: dict[str, Any] = field(default_factory=dict)
     optimizer_args: dict[str, Any] = field(default_factory=dict)
+    model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model factory
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,7 +165,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], *, where: str = "
 
     Keys: `label`, `model`, `device`, `plugins`, any TrainConfig field (bare or
     as `train.<field>`), `scenario.<option>`, `strategy.<param>` and
-    `optim.<option>`. Scenario, strategy and optimizer keys are checked against their declared dataclasses later, in
+    `optim.<option>` and `model.<arg>`. Scenario, strategy, optimizer and model keys are checked against their declared dataclasses later, in
     `resolve` (they depend on which scenario and strategy are chosen).
     """
     train_types = field_types(TrainConfig)
@@ -182,8 +183,10 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], *, where: str = "
             cfg.strategy_args[name] = value
         elif section == "optim" and name:
             cfg.optimizer_args[name] = value
+        elif section == "model" and name:
+            cfg.model_args[name] = value
         else:
-            valid = list(TOP_LEVEL_KEYS) + sorted(train_types) + ["train.<field>", "scenario.<option>", "strategy.<param>", "optim.<option>"]
+            valid = list(TOP_LEVEL_KEYS) + sorted(train_types) + ["train.<field>", "scenario.<option>", "strategy.<param>", "optim.<option>", "model.<arg>"]
             raise ConfigError(f"unknown config key {key!r} in {where}; valid keys: {', '.join(valid)}")
 
 

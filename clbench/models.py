@@ -85,6 +85,8 @@ def mlp_features(in_features: int, hidden: int, layers: int = 2) -> nn.Sequentia
 @register_model("mlp", description="2-layer ReLU MLP (2x256 quick, 2x1000 full); multi-head for task-IL")
 def build_mlp(info, profile: str, hidden: int | None = None, layers: int = 2) -> nn.Module:
     hidden = hidden or MLP_HIDDEN[profile]
+    if hidden < 1 or layers < 1:
+        raise ValueError(f"mlp needs hidden >= 1 and layers >= 1, got hidden={hidden}, layers={layers}")
     in_features = 1
     for d in info.input_shape:
         in_features *= d

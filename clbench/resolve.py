@@ -6,6 +6,7 @@ typo fails in a second instead of an hour into a suite.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import fields
 from typing import Any
 
@@ -71,7 +72,7 @@ def resolve_config(
         raise ConfigError(f"bad label {cfg.label!r}: it may not contain '__' or '/'")
     if cfg.model == "auto":
         cfg.model = scenario_spec.default_model
-    MODELS.get(cfg.model)  # raises with the valid names
+    check_model_args(cfg)
     validate_train(cfg)
     cfg.scenario_args = check_dataclass_args(cfg.scenario_args, scenario_spec.options, f"scenario {scenario!r}")
     if strategy_spec.params is None:
@@ -88,6 +89,15 @@ def resolve_config(
     else:
         cfg.optimizer_args = check_dataclass_args(cfg.optimizer_args, optimizer_spec.params, f"optimizer {cfg.train.optimizer!r}")
     return cfg
+
+
+def check_model_args(cfg: RunConfig) -> None:
+    """`model.<arg>` keys must be keyword arguments of the model factory (after info and profile)."""
+    factory = MODELS.get(cfg.model).factory  # raises with the valid names
+    accepted = list(inspect.signature(factory).parameters)[2:]
+    unknown = sorted(set(cfg.model_args) - set(accepted))
+    if unknown:
+        raise ConfigError(f"unknown argument(s) {', '.join(unknown)} for model {cfg.model!r}; valid: {', '.join(accepted) or '(none)'}")
 
 
 def strategy_param_names(strategy: str) -> list[str]:

@@ -109,7 +109,7 @@ def _now() -> str:
 def build_strategy(cfg: RunConfig, stream, device: torch.device):
     from clbench.strategy_context import StrategyContext
 
-    model = MODELS.get(cfg.model).factory(stream.info, cfg.profile)
+    model = MODELS.get(cfg.model).factory(stream.info, cfg.profile, **cfg.model_args)
     strategy_spec = STRATEGIES.get(cfg.strategy)
     params = strategy_spec.params(**cfg.strategy_args) if strategy_spec.params else None
     plugins = [PLUGINS.get(name).factory(stream.info, cfg) for name in cfg.plugins]

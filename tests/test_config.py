@@ -57,6 +57,7 @@ def test_model_auto_resolves_per_scenario():
         ({"scenario.n_experiences": "five"}, "is not an integer"),
         ({"model": "transformer9000"}, "unknown model 'transformer9000'; valid models: mlp"),
         ({"plugins": ["nope"]}, "unknown plugin 'nope'"),
+        ({"model.width": 3}, "unknown argument(s) width for model 'mlp'; valid: hidden, layers"),
         ({"lr": float("nan")}, "not a finite number"),
     ],
 )
@@ -144,3 +145,13 @@ def test_skip_unsupported_lists_the_pairs_it_leaves_out(tmp_path):
     cells = expand_suite(load_suite(path), skipped=skipped)
     assert [(c.scenario, c.strategy) for c in cells] == [("pmnist", "naive"), ("split_mnist", "naive"), ("split_mnist", "icarl")]
     assert skipped == ["pmnist/icarl: icarl does not support domain_il"]
+
+
+def test_model_args_reach_the_model(tmp_path, data_root):
+    from clbench.runner import run_cell
+
+    cfg = resolve_config("pmnist", "naive", profile="smoke", overrides={
+        "model.hidden": 32, "model.layers": 1, "scenario.n_experiences": 1, "scenario.train_per_exp": 32,
+        "scenario.test_per_exp": 32})
+    result = run_cell(cfg, tmp_path, data_root=data_root, progress=False)
+    assert result["num_params"] == 784 * 32 + 32 + 32 * 10 + 10
