@@ -56,6 +56,7 @@ class RunConfig:
     strategy_args: dict[str, Any] = field(default_factory=dict)
     optimizer_args: dict[str, Any] = field(default_factory=dict)
     model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model factory
+    plugin_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per plugin name
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,8 +186,11 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], *, where: str = "
             cfg.optimizer_args[name] = value
         elif section == "model" and name:
             cfg.model_args[name] = value
+        elif section == "plugin" and name.count(".") == 1:
+            plugin, option = name.split(".")
+            cfg.plugin_args.setdefault(plugin, {})[option] = value
         else:
-            valid = list(TOP_LEVEL_KEYS) + sorted(train_types) + ["train.<field>", "scenario.<option>", "strategy.<param>", "optim.<option>", "model.<arg>"]
+            valid = list(TOP_LEVEL_KEYS) + sorted(train_types) + ["train.<field>", "scenario.<option>", "strategy.<param>", "optim.<option>", "model.<arg>", "plugin.<name>.<option>"]
             raise ConfigError(f"unknown config key {key!r} in {where}; valid keys: {', '.join(valid)}")
 
 

@@ -63,8 +63,9 @@ class PluginSpec:
     """An Avalanche SupervisedPlugin that any strategy can add (`--set plugins=[name]`)."""
 
     name: str
-    factory: Callable[..., Any]  # factory(info, config) -> avalanche SupervisedPlugin
+    factory: Callable[..., Any]  # factory(info, config, params) -> avalanche SupervisedPlugin
     description: str
+    params: type | None = None  # dataclass of options (`--set plugin.<name>.<field>=...`)
     origin: str = "builtin"
 
 
@@ -186,9 +187,11 @@ def register_optimizer(name: str, *, description: str, params: type | None = Non
     return decorate
 
 
-def register_plugin(name: str, *, description: str):
+def register_plugin(name: str, *, description: str, params: type | None = None):
+    _check_params(name, params)
+
     def decorate(factory: Callable) -> Callable:
-        PLUGINS.add(PluginSpec(name, factory, description, _origin_of(factory)))
+        PLUGINS.add(PluginSpec(name, factory, description, params, _origin_of(factory)))
         return factory
 
     return decorate
@@ -209,6 +212,7 @@ def _load_all() -> None:
     _loaded = True
     importlib.import_module("clbench.models")
     importlib.import_module("clbench.optimizers")
+    importlib.import_module("clbench.nested")
     importlib.import_module("clbench.scenarios")
     importlib.import_module("clbench.strategies")
     for group in _ENTRY_POINT_GROUPS:

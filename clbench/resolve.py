@@ -80,8 +80,7 @@ def resolve_config(
             raise ConfigError(f"strategy {strategy!r} takes no parameters; got {', '.join(cfg.strategy_args)}")
     else:
         cfg.strategy_args = check_dataclass_args(cfg.strategy_args, strategy_spec.params, f"strategy {strategy!r}")
-    for name in cfg.plugins:
-        PLUGINS.get(name)
+    check_plugins(cfg)
     optimizer_spec = OPTIMIZERS.get(cfg.train.optimizer)
     if optimizer_spec.params is None:
         if cfg.optimizer_args:
@@ -89,6 +88,24 @@ def resolve_config(
     else:
         cfg.optimizer_args = check_dataclass_args(cfg.optimizer_args, optimizer_spec.params, f"optimizer {cfg.train.optimizer!r}")
     return cfg
+
+
+def check_plugins(cfg: RunConfig) -> None:
+    """Plugins must exist, appear once, and their options match their params dataclass."""
+    duplicates = sorted({p for p in cfg.plugins if cfg.plugins.count(p) > 1})
+    if duplicates:
+        raise ConfigError(f"plugins listed twice: {', '.join(duplicates)}")
+    stray = sorted(set(cfg.plugin_args) - set(cfg.plugins))
+    if stray:
+        raise ConfigError(f"options given for plugin(s) not in plugins: {', '.join(stray)}; plugins: {cfg.plugins}")
+    for name in cfg.plugins:
+        spec = PLUGINS.get(name)
+        args = cfg.plugin_args.get(name, {})
+        if spec.params is None:
+            if args:
+                raise ConfigError(f"plugin {name!r} takes no options; got {', '.join(args)}")
+        else:
+            cfg.plugin_args[name] = check_dataclass_args(args, spec.params, f"plugin {name!r}")
 
 
 def check_model_args(cfg: RunConfig) -> None:

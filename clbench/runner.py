@@ -112,7 +112,11 @@ def build_strategy(cfg: RunConfig, stream, device: torch.device):
     model = MODELS.get(cfg.model).factory(stream.info, cfg.profile, **cfg.model_args)
     strategy_spec = STRATEGIES.get(cfg.strategy)
     params = strategy_spec.params(**cfg.strategy_args) if strategy_spec.params else None
-    plugins = [PLUGINS.get(name).factory(stream.info, cfg) for name in cfg.plugins]
+    plugins = []
+    for name in cfg.plugins:
+        spec = PLUGINS.get(name)
+        options = spec.params(**cfg.plugin_args.get(name, {})) if spec.params else None
+        plugins.append(spec.factory(stream.info, cfg, options))
     ctx = StrategyContext(model=model, info=stream.info, config=cfg, params=params, device=device, extra_plugins=plugins)
     return model, strategy_spec.factory(ctx)
 
