@@ -178,12 +178,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_library_warnings() -> None:
-    """Avalanche 0.6 emits deprecation noise on every strategy (§1.6 #16)."""
+    """Avalanche 0.6 emits deprecation noise on every strategy (§1.6 #16).
+
+    Its `@deprecated` wrapper forces the warning on inside a catch_warnings
+    block, so filters cannot silence it; drop it when it is displayed instead.
+    Warnings from anywhere else are still shown.
+    """
     import warnings
 
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*No loggers specified.*")
-    warnings.filterwarnings("ignore", module="avalanche")
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DeprecationWarning) and "avalanche" in str(filename):
+            return
+        show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
 
 
 if __name__ == "__main__":
