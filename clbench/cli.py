@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except ClbenchError as exc:
         print(f"clbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # e.g. `clbench list | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("clbench: interrupted; completed cells are saved, rerun the same command to resume", file=sys.stderr)
         return 130
