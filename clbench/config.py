@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -138,11 +139,19 @@ def field_types(cls: type) -> dict[str, Any]:
 
 
 def parse_set_value(text: str) -> Any:
-    """Parse the value of `--set key=value` as a TOML value; bare words are strings."""
+    """Parse the value of `--set key=value` as a TOML value; bare words are strings,
+    also inside a list (`plugins=[cms_multirate]` is `["cms_multirate"]`)."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        return text
+        pass
+    if text.startswith("[") and text.endswith("]"):
+        quoted = re.sub(r"(?<![\w.\"'])([A-Za-z_][\w\-]*)(?![\w\"'])", r'"\1"', text)
+        try:
+            return tomllib.loads(f"v = {quoted}")["v"]
+        except tomllib.TOMLDecodeError:
+            pass
+    return text
 
 
 def parse_set_args(pairs: list[str]) -> dict[str, Any]:

@@ -28,11 +28,18 @@ def _strategy_defaults(spec, scenario: str) -> dict[str, Any]:
     return merged
 
 
+_CONFIG_PREFIXES = ("train.", "model.", "optim.", "plugin.")
+
+
 def _split_defaults(defaults: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Strategy defaults may set params ('ewc_lambda') or training keys ('train.lr')."""
-    params = {k: v for k, v in defaults.items() if not k.startswith("train.")}
-    train = {k: v for k, v in defaults.items() if k.startswith("train.")}
-    return params, train
+    """Strategy defaults may set its params ('ewc_lambda') or config keys
+    ('train.lr', 'model' for a strategy that needs its own architecture, 'model.<arg>')."""
+    def is_config(key: str) -> bool:
+        return key == "model" or key.startswith(_CONFIG_PREFIXES)
+
+    params = {k: v for k, v in defaults.items() if not is_config(k)}
+    config = {k: v for k, v in defaults.items() if is_config(k)}
+    return params, config
 
 
 def resolve_config(

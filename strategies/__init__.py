@@ -5,8 +5,10 @@ One file per method. Importing this package registers them all.
 
 from clbench.strategies import (  # noqa: F401  (registration side effects)
     agem,
+    cms,
     cumulative,
     der,
+    dmgd,
     er_ace,
     ewc,
     gdumb,

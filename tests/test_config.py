@@ -82,8 +82,10 @@ def test_incompatible_scenario_type_is_rejected_up_front():
 
 
 def test_parse_set_values_are_toml_with_bare_strings():
-    parsed = parse_set_args(["lr=0.5", "plugins=[\"a\", \"b\"]", "model=mlp", "strategy.alpha=[0, 0.5]", "x=true"])
-    assert parsed == {"lr": 0.5, "plugins": ["a", "b"], "model": "mlp", "strategy.alpha": [0, 0.5], "x": True}
+    parsed = parse_set_args(["lr=0.5", "plugins=[\"a\", \"b\"]", "model=mlp", "strategy.alpha=[0, 0.5]", "x=true",
+                             "plugins2=[cms_multirate, ewc_like]", "p3=[true, 1e-3]"])
+    assert parsed == {"lr": 0.5, "plugins": ["a", "b"], "model": "mlp", "strategy.alpha": [0, 0.5], "x": True,
+                      "plugins2": ["cms_multirate", "ewc_like"], "p3": [True, 1e-3]}
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_set_args(["lr"])
 
@@ -155,3 +157,9 @@ def test_model_args_reach_the_model(tmp_path, data_root):
         "scenario.test_per_exp": 32})
     result = run_cell(cfg, tmp_path, data_root=data_root, progress=False)
     assert result["num_params"] == 784 * 32 + 32 + 32 * 10 + 10
+
+
+def test_a_strategy_can_default_its_own_model():
+    assert resolve_config("pmnist", "cms").model == "cms_mlp"
+    assert resolve_config("split_cifar100", "cms").model == "cms_resnet"
+    assert resolve_config("pmnist", "cms", overrides={"model": "mlp"}).model == "mlp"
