@@ -9,6 +9,7 @@ minibatch sizes, device, evaluator and safety plugins.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,9 @@ def silent_evaluator() -> EvaluationPlugin:
     clbench computes the accuracy matrix itself over cached test tensors, so
     Avalanche's metric objects would only cost time (and print).
     """
-    return EvaluationPlugin(loggers=[])
+    with warnings.catch_warnings():  # "No loggers specified": intended, we log nothing
+        warnings.simplefilter("ignore", UserWarning)
+        return EvaluationPlugin(loggers=[])
 
 
 @dataclass
