@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.clbench-installed
 JOBS   ?= 1
 
-.PHONY: install bench test report bench-full lint clean-runs
+.PHONY: install bench test report bench-full reproduce lint clean-runs
 
 install: $(STAMP)
 
@@ -20,13 +20,20 @@ bench: install
 	$(BIN)/clbench bench suites/quick.toml --out runs/quick --jobs $(JOBS) --report reports/quick
 
 test: install
-	$(BIN)/python -m pytest -q
+	# One intra-op thread: the test models are tiny, and two threads on a busy
+	# 2-core machine thrash (a cell can take 10x longer).
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 report: install
 	$(BIN)/clbench report runs/quick --out reports/quick
 
 bench-full: install
 	$(BIN)/clbench bench suites/full.toml --out runs/full --jobs $(JOBS) --report reports/full
+
+# The CPU anchors of continual-learning-baselines (suites/anchors/), one-sided bands;
+# writes reports/reproduce/. Add --include-gpu on a GPU machine.
+reproduce: install
+	$(BIN)/clbench reproduce
 
 lint: install
 	$(BIN)/ruff check .

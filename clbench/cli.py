@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
     p.add_argument("--compare", nargs="+", default=[], metavar="OTHER_RUN_DIR", help="runs to put side by side")
     p.add_argument("--formats", default="md,csv,tex,html,png", help="comma-separated subset of md,csv,tex,html,png")
+    from clbench.reproduce import add_reproduce_parser
+
+    add_reproduce_parser(sub)
     return parser
 
 
@@ -160,7 +163,13 @@ def cmd_report(args) -> int:
     return _report(Path(args.run_dir), Path(args.out) if args.out else None, args.compare, args.formats)
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "bench": cmd_bench, "report": cmd_report}
+def cmd_reproduce(args) -> int:
+    from clbench.reproduce import cmd_reproduce as run_reproduce
+
+    return run_reproduce(args)
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "bench": cmd_bench, "report": cmd_report, "reproduce": cmd_reproduce}
 
 
 def main(argv: list[str] | None = None) -> int:

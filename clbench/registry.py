@@ -211,6 +211,7 @@ def _load_all() -> None:
         return
     _loaded = True
     importlib.import_module("clbench.models")
+    importlib.import_module("clbench.anchor_models")
     importlib.import_module("clbench.optimizers")
     importlib.import_module("clbench.nested")
     importlib.import_module("clbench.scenarios")
