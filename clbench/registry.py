@@ -29,7 +29,7 @@ SCENARIO_TYPES = ("class_il", "task_il", "domain_il")
 @dataclass(frozen=True)
 class StrategySpec:
     name: str
-    factory: Callable[..., Any]  # factory(model, info, config, params, plugins) -> SupervisedTemplate
+    factory: Callable[..., Any]  # factory(ctx: StrategyContext) -> SupervisedTemplate
     description: str
     supports: tuple[str, ...]
     params: type | None  # dataclass of the strategy's hyper-parameters
@@ -128,6 +128,16 @@ def _check_params(name: str, params: type | None) -> None:
         raise ClbenchError(f"{name!r}: params must be a dataclass, got {params!r}")
 
 
+def _registering(registry: Registry, make_spec: Callable[[Callable, str], Any]):
+    """A decorator that registers the decorated function through `make_spec(fn, origin)`."""
+
+    def decorate(fn: Callable) -> Callable:
+        registry.add(make_spec(fn, _origin_of(fn)))
+        return fn
+
+    return decorate
+
+
 def register_strategy(
     name: str,
     *,
@@ -136,7 +146,7 @@ def register_strategy(
     params: type | None = None,
     defaults: dict[str, dict[str, Any]] | None = None,
 ):
-    """Register `factory(model, info, config, params, plugins)` as strategy `name`.
+    """Register `factory(ctx: StrategyContext) -> SupervisedTemplate` as strategy `name`.
 
     `supports` lists the scenario types the method is valid for; any other
     combination is rejected before training starts.
@@ -145,14 +155,8 @@ def register_strategy(
     if bad:
         raise ClbenchError(f"strategy {name!r}: unknown scenario types {bad}; valid: {SCENARIO_TYPES}")
     _check_params(name, params)
-
-    def decorate(factory: Callable) -> Callable:
-        STRATEGIES.add(
-            StrategySpec(name, factory, description, tuple(supports), params, defaults or {}, _origin_of(factory))
-        )
-        return factory
-
-    return decorate
+    return _registering(STRATEGIES, lambda fn, origin: StrategySpec(
+        name, fn, description, tuple(supports), params, defaults or {}, origin))
 
 
 def register_scenario(
@@ -161,40 +165,22 @@ def register_scenario(
 ):
     if scenario_type not in SCENARIO_TYPES:
         raise ClbenchError(f"scenario {name!r}: unknown type {scenario_type!r}; valid: {SCENARIO_TYPES}")
-
-    def decorate(builder: Callable) -> Callable:
-        SCENARIOS.add(ScenarioSpec(name, builder, description, scenario_type, options, profiles, default_model, _origin_of(builder)))
-        return builder
-
-    return decorate
+    return _registering(SCENARIOS, lambda fn, origin: ScenarioSpec(
+        name, fn, description, scenario_type, options, profiles, default_model, origin))
 
 
 def register_model(name: str, *, description: str):
-    def decorate(factory: Callable) -> Callable:
-        MODELS.add(ModelSpec(name, factory, description, _origin_of(factory)))
-        return factory
-
-    return decorate
+    return _registering(MODELS, lambda fn, origin: ModelSpec(name, fn, description, origin))
 
 
 def register_optimizer(name: str, *, description: str, params: type | None = None):
     _check_params(name, params)
-
-    def decorate(factory: Callable) -> Callable:
-        OPTIMIZERS.add(OptimizerSpec(name, factory, description, params, _origin_of(factory)))
-        return factory
-
-    return decorate
+    return _registering(OPTIMIZERS, lambda fn, origin: OptimizerSpec(name, fn, description, params, origin))
 
 
 def register_plugin(name: str, *, description: str, params: type | None = None):
     _check_params(name, params)
-
-    def decorate(factory: Callable) -> Callable:
-        PLUGINS.add(PluginSpec(name, factory, description, params, _origin_of(factory)))
-        return factory
-
-    return decorate
+    return _registering(PLUGINS, lambda fn, origin: PluginSpec(name, fn, description, params, origin))
 
 
 # --------------------------------------------------------------------------- loading

@@ -38,6 +38,7 @@ from typing import Literal
 
 import torch
 
+from clbench.nested.optim.common import check_momentum, run_closure
 from clbench.nested.optim.newton_schulz import as_matrix
 
 FORMS = ("matrix", "projection", "scalar")
@@ -53,8 +54,7 @@ class DeltaMomentumParams:
     def __post_init__(self):
         if self.form not in FORMS:  # clbench's config layer checks it too; plain PyTorch does not
             raise ValueError(f"form={self.form!r} is not accepted; accepted: {', '.join(FORMS)}")
-        if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum={self.momentum} is out of range; accepted: 0 <= momentum < 1, or None")
+        check_momentum(self.momentum)
         if not 0.0 <= self.delta <= 1.0:
             raise ValueError(f"delta={self.delta} is out of range; accepted: 0 <= delta <= 1")
 
@@ -69,10 +69,7 @@ class DeltaMomentum(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, bufs = [], []
             for p in group["params"]:

@@ -44,6 +44,8 @@ import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 
+from clbench.nested.optim.common import run_closure
+
 
 @dataclass
 class DGDParams:
@@ -124,10 +126,7 @@ class DGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         groups = {id(p): group for group in self.param_groups for p in group["params"]}
         done: set[int] = set()
         for module, kept in self._captures.values():

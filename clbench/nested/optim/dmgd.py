@@ -58,6 +58,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from clbench.nested.optim.common import check_momentum, run_closure
+
 MEMORY_KEY = "dmgd_memory"
 OBJECTIVES = ("precond", "l2_recon")
 ROTATE = 7919  # prime step of the subsample offset, so successive steps see different tokens
@@ -77,8 +79,7 @@ class DMGDParams:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:  # clbench's config layer checks it too; plain PyTorch does not
             raise ValueError(f"objective={self.objective!r} is not accepted; accepted: {', '.join(OBJECTIVES)}")
-        if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum={self.momentum} is out of range; accepted: 0 <= momentum < 1, or None")
+        check_momentum(self.momentum)
         if not 2 <= self.token_dim <= 4096:
             raise ValueError(f"token_dim={self.token_dim} is out of range; accepted: an integer in [2, 4096]")
         if not 1 <= self.hidden <= 1024:
@@ -107,10 +108,7 @@ class DMGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         items = []
         for group in self.param_groups:
             for p in group["params"]:

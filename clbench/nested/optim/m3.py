@@ -43,6 +43,7 @@ from typing import Literal
 
 import torch
 
+from clbench.nested.optim.common import run_closure
 from clbench.nested.optim.newton_schulz import as_matrix, newton_schulz
 
 CHOICES = {
@@ -102,10 +103,7 @@ class M3(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
