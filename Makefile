@@ -33,7 +33,7 @@ bench-full: install
 # The CPU anchors of continual-learning-baselines (suites/anchors/), one-sided bands;
 # writes reports/reproduce/. Add --include-gpu on a GPU machine.
 reproduce: install
-	$(BIN)/clbench reproduce
+	OMP_NUM_THREADS=1 $(BIN)/clbench reproduce
 
 lint: install
 	$(BIN)/ruff check .

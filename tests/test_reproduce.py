@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from clbench.errors import ConfigError
+from clbench.errors import ConfigError, RunDirConflictError
 from clbench.reproduce import (
     AnchorConfig,
     add_reproduce_parser,
@@ -293,6 +293,13 @@ def test_cmd_reproduce_end_to_end(tmp_path, data_root, capsys):
     assert cmd_reproduce(parse(common)) == 1  # one anchor fails: exit code 1
     out = capsys.readouterr().out
     assert "FAIL impossible" in out and "PASS easy" in out
+    # A changed anchor is refused before any anchor runs, not after the others.
+    changed = SMOKE_ANCHOR.format(target=0.05, delta=0.03).replace("lr = 0.1", "lr = 0.05")
+    write(anchors, "easy", changed)
+    before = sorted((tmp_path / "runs").rglob("result.json"))
+    with pytest.raises(RunDirConflictError, match="the config changed"):
+        cmd_reproduce(parse(common + ["--no-resume"]))
+    assert sorted((tmp_path / "runs").rglob("result.json")) == before
 
 
 def test_dry_run_runs_nothing(tmp_path, capsys):
@@ -319,3 +326,43 @@ def test_bad_seeds_count(tmp_path):
     write(tmp_path, "x", MINIMAL)
     with pytest.raises(ConfigError, match="--seeds"):
         cmd_reproduce(parse(["--anchors", str(tmp_path), "--seeds", "0"]))
+
+
+# ------------------------------------------------------------------ anchor models and plugin
+def test_anchor_models_build_and_run():
+    import torch
+
+    import clbench.anchor_models  # noqa: F401  (registers them until the registry imports it)
+    from clbench.registry import MODELS
+    from clbench.scenarios.stream import ScenarioInfo
+
+    mnist = ScenarioInfo("m", "class_il", 5, 10, (1, 28, 28), [[0, 1]] * 5)
+    mlp = MODELS.get("mlp_tanh").factory(mnist, "full", hidden=200, layers=1)
+    assert isinstance(mlp.features[2], torch.nn.Tanh)
+    assert mlp(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    cifar = ScenarioInfo("c", "class_il", 10, 100, (3, 32, 32), [list(range(10))] * 10)
+    for name in ("resnet32", "icarl_resnet32"):
+        net = MODELS.get(name).factory(cifar, "full")
+        x = torch.randn(2, 3, 32, 32)
+        assert net(x).shape == (2, 100) and net.features(x).shape == (2, 64), name
+
+
+def test_ce_decay_scales_only_the_cross_entropy_before_lwf_adds_its_term():
+    from types import SimpleNamespace
+
+    import torch
+    from avalanche.training.plugins import LwFPlugin
+
+    from clbench.anchor_models import CEDecayPlugin
+    from clbench.runner import build_strategy
+    from clbench.scenarios.stream import ScenarioInfo
+
+    loss = SimpleNamespace(loss=torch.tensor(6.0), clock=SimpleNamespace(train_exp_counter=2))
+    CEDecayPlugin().before_backward(loss)
+    assert loss.loss.item() == pytest.approx(2.0)  # third experience: CE / 3
+    (cfg,) = anchor_cells(load_anchor(ANCHOR_DIR / "smnist_lwf.toml"))
+    info = ScenarioInfo("split_mnist", "class_il", 5, 10, (1, 28, 28), [[0, 1]] * 5)
+    _, strategy = build_strategy(cfg, SimpleNamespace(info=info), torch.device("cpu"))
+    kinds = [type(p) for p in strategy.plugins]
+    # Plugins run in list order: CE is scaled before LwF adds its distillation term.
+    assert kinds.index(CEDecayPlugin) < kinds.index(LwFPlugin)
