@@ -11,7 +11,7 @@ ACC is `clbench.metrics.final_average`: the mean of the last row of the accuracy
 matrix. The source tests read Avalanche's `Top1_Acc_Stream`, which weights
 experiences by test-set size; the two are equal when test experiences have the
 same size (Permuted MNIST, Split CIFAR-100) and differ slightly otherwise (Split
-MNIST: 1,700 to 2,100 test images per pair of digits). The report prints both.
+MNIST: 1,850 to 2,170 test images per pair of digits). The report prints both.
 
 Flow: load every anchor file, resolve every cell (so a typo in any anchor fails
 before an hour of training), run each selected anchor through `run_suite` into
@@ -312,7 +312,7 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_reproduce(args) -> int:
     """Exit 0 only if every anchor that ran passed; 1 if one failed or errored."""
-    from clbench.store import read_result, result_path
+    from clbench.store import check_no_conflicts, read_result, result_path
     from clbench.suite import cell_ids, run_suite
 
     if args.seeds is not None and args.seeds < 1:
@@ -330,6 +330,8 @@ def cmd_reproduce(args) -> int:
     if args.dry_run:
         return 0
     _check_devices(chosen)
+    for a in chosen:  # a changed anchor must not fail only after an hour of other anchors
+        check_no_conflicts(Path(args.out) / a.name, cell_ids(cells[a.name]))
     results = []
     for a in chosen:
         run_dir = Path(args.out) / a.name
