@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.clbench-installed
-JOBS   ?= 1
+# Two worker processes with one torch thread each: measured fastest on 2 cores
+# (benchmarks/RESULTS.md); `make bench JOBS=1` runs cells one at a time.
+JOBS   ?= 2
 
 .PHONY: install bench test report bench-full reproduce lint clean-runs
 
