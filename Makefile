@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.clbench-installed
-# Two worker processes with one torch thread each: measured fastest on 2 cores
-# (benchmarks/RESULTS.md); `make bench JOBS=1` runs cells one at a time.
+# Two worker processes with one torch thread each: the setting the 10-minute
+# figure in benchmarks/RESULTS.md was measured with, and robust when something
+# else holds a core (two threads in one process then thrash).
+# `make bench JOBS=1` runs cells one at a time.
 JOBS   ?= 2
 
 .PHONY: install bench test report bench-full reproduce lint clean-runs
