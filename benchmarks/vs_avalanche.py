@@ -26,6 +26,7 @@ cores other processes used meanwhile.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import re
@@ -178,6 +179,7 @@ def cpu_seconds() -> tuple[float, float]:
 
 def timed(run, strategy: str, data_root: str) -> tuple[float, float, float]:
     """(seconds, ACC, cores used by *other* processes meanwhile): the last says whether to trust the first."""
+    gc.collect()  # the previous run's garbage (Avalanche builds many cyclic objects) is not this run's cost
     busy0, own0 = cpu_seconds()
     t0 = time.perf_counter()
     seconds, acc = run(strategy, data_root)
