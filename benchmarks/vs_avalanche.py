@@ -63,6 +63,7 @@ LR, TRAIN_MB, EVAL_MB, EPOCHS, HIDDEN = 0.1, 64, 1024, 1, 256
 EWC_LAMBDA, MEM_SIZE = 1.0, 500
 MIN_SPEEDUP, MAX_ACC_GAP = 5.0, 1.5  # targets: x faster, accuracy points
 SECTION = "## clbench vs stock Avalanche"
+BEGIN, END = "<!-- vs_avalanche.py table: begin -->", "<!-- vs_avalanche.py table: end -->"
 
 # Avalanche 0.6 deprecation noise and "No loggers specified" would bury the table. A filter
 # is not enough: Avalanche's @deprecated re-inserts a "once" filter on every call.
@@ -222,12 +223,17 @@ def build_table(times, accs, strategies) -> tuple[str, bool]:
 
 
 def replace_section(path: Path, body: str) -> None:
-    """Add or replace only this benchmark's section of RESULTS.md."""
+    """Refresh this script's block in RESULTS.md (between its markers), keeping any prose around it."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    block = f"{SECTION}\n\n{body.strip()}\n\n"
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
-    path.write_text(text.rstrip() + "\n")
+    block = f"{BEGIN}\n{body.strip()}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    elif SECTION in text:  # a hand-written section without markers: put the block under its heading
+        text = text.replace(f"{SECTION}\n", f"{SECTION}\n\n{block}\n", 1)
+    else:
+        text = text.rstrip() + f"\n\n{SECTION}\n\n{block}\n"
+    path.write_text(text)
 
 
 def main() -> int:
