@@ -79,8 +79,6 @@ class RunConfig:
 # --------------------------------------------------------------------------- value coercion
 def coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert `value` to the field type `annotation`, or raise a ConfigError naming `key`."""
-    if isinstance(annotation, str):  # postponed annotations
-        annotation = eval(annotation, {**vars(typing), "Any": Any})  # noqa: S307 - our own annotations
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return value
@@ -260,10 +258,11 @@ class SuiteConfig:
 SUITE_KEYS = {f.name for f in dataclasses.fields(SuiteConfig)}
 
 
-def load_suite(path: str | Path) -> SuiteConfig:
+def read_toml_table(path: str | Path, kind: str, valid_keys) -> dict[str, Any]:
+    """Read a TOML file, naming the line of a syntax error and any unknown top-level key."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"suite file not found: {path}")
+        raise ConfigError(f"{kind} file not found: {path}")
     text = path.read_text()
     try:
         raw = tomllib.loads(text)
@@ -271,10 +270,16 @@ def load_suite(path: str | Path) -> SuiteConfig:
         # tomllib ends its message with "(at line L, column C)", or with
         # "(at end of document)" for an unterminated value: name that line too.
         message = str(exc).replace("(at end of document)", f"(at end of document, line {text.count(chr(10)) or 1})")
-        raise ConfigError(f"TOML error in suite file {path}: {message}") from exc
-    unknown = sorted(set(raw) - SUITE_KEYS)
+        raise ConfigError(f"TOML error in {kind} file {path}: {message}") from exc
+    unknown = sorted(set(raw) - set(valid_keys))
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; valid: {', '.join(sorted(SUITE_KEYS))}")
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; valid: {', '.join(sorted(valid_keys))}")
+    return raw
+
+
+def load_suite(path: str | Path) -> SuiteConfig:
+    path = Path(path)
+    raw = read_toml_table(path, "suite", SUITE_KEYS)
     raw.setdefault("name", path.stem)
     for required in ("scenarios",):
         if required not in raw:

@@ -81,8 +81,9 @@ def _locate(node, idx: np.ndarray, leaf_out: list, id_out: np.ndarray, local_out
     if node._indices is not None:
         indices = _cached_array(node, "indices", lambda: np.asarray(node._indices, dtype=np.int64))
         idx = indices[idx]
-    starts = np.asarray([0, *node._cumulative_sizes[:-1]], dtype=np.int64)
-    which = np.searchsorted(np.asarray(node._cumulative_sizes), idx, side="right")
+    ends = _cached_array(node, "ends", lambda: np.asarray(node._cumulative_sizes, dtype=np.int64))
+    starts = _cached_array(node, "starts", lambda: np.concatenate([[0], ends[:-1]]))
+    which = np.searchsorted(ends, idx, side="right")
     for d in np.unique(which):
         mask = which == d
         if not _locate(node._datasets[d], idx[mask] - starts[d], leaf_out, id_out, local_out, pos[mask]):
@@ -141,11 +142,12 @@ class BatchedConcatDataset(ConcatDataset):
 
     def __getitems__(self, indices):
         idx = np.asarray(indices, dtype=np.int64)
-        which = np.searchsorted(np.asarray(self.cumulative_sizes), idx, side="right")
+        ends = _cached_array(self, "ends", lambda: np.asarray(self.cumulative_sizes, dtype=np.int64))
+        which = np.searchsorted(ends, idx, side="right")
         out: list = [None] * len(idx)
         for d in np.unique(which):
             pos = np.nonzero(which == d)[0]
-            local = (idx[pos] - (self.cumulative_sizes[d - 1] if d > 0 else 0)).tolist()
+            local = (idx[pos] - (ends[d - 1] if d > 0 else 0)).tolist()
             part = self.datasets[d]
             items = part.__getitems__(local) if hasattr(part, "__getitems__") else [part[i] for i in local]
             for p, item in zip(pos, items, strict=True):

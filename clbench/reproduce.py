@@ -28,9 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from clbench.config import RunConfig, coerce, field_types
+from clbench.config import RunConfig, coerce, field_types, read_toml_table
 from clbench.errors import ConfigError
 
 DEFAULT_ANCHORS = "suites/anchors"
@@ -80,18 +78,8 @@ class AnchorResult:
 def load_anchor(path: str | Path) -> AnchorConfig:
     """Parse and type-check one anchor file; every problem is a one-line ConfigError."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"anchor file not found: {path}")
-    text = path.read_text()
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"TOML error in anchor file {path}: {exc}") from exc
     types_ = field_types(AnchorConfig)
-    unknown = sorted(set(raw) - set(types_))
-    if unknown:
-        valid = ", ".join(sorted(types_))
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; valid: {valid}")
+    raw = read_toml_table(path, "anchor", types_)
     missing = [k for k in ("target", "source", "scenario", "strategy") if k not in raw]
     if missing:
         raise ConfigError(f"anchor file {path} lacks {', '.join(missing)}")

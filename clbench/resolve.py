@@ -7,7 +7,6 @@ typo fails in a second instead of an hour into a suite.
 from __future__ import annotations
 
 import inspect
-from dataclasses import fields
 from typing import Any
 
 from clbench.config import (
@@ -122,11 +121,6 @@ def check_model_args(cfg: RunConfig) -> None:
     unknown = sorted(set(cfg.model_args) - set(accepted))
     if unknown:
         raise ConfigError(f"unknown argument(s) {', '.join(unknown)} for model {cfg.model!r}; valid: {', '.join(accepted) or '(none)'}")
-
-
-def strategy_param_names(strategy: str) -> list[str]:
-    spec = STRATEGIES.get(strategy)
-    return [f.name for f in fields(spec.params)] if spec.params else []
 
 
 def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None, skipped: list[str] | None = None) -> list[RunConfig]:

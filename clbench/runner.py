@@ -25,6 +25,7 @@ import torch
 
 import clbench
 from clbench.config import RunConfig
+from clbench.models import count_parameters
 from clbench.registry import MODELS, PLUGINS, SCENARIOS, STRATEGIES
 from clbench.store import SCHEMA_VERSION, cell_id, write_result
 
@@ -169,7 +170,7 @@ def run_cell(
             benchmark = stream.to_benchmark()
             seed_everything(cfg.seed)  # model init does not depend on how the data was drawn
             model, strategy = build_strategy(cfg, stream, device)
-            result["num_params"] = sum(p.numel() for p in model.parameters())
+            result["num_params"] = count_parameters(model)
             eval_mb = cfg.train.eval_mb_size
 
             def evaluate() -> list[float]:

@@ -53,6 +53,3 @@ def _offline_and_private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CLBENCH_OFFLINE", "1")
     monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "clbench_cache"))
 
-
-# Small and fast: a smoke-profile cell trains in about a second.
-SMOKE = {"scenario.n_experiences": 3, "scenario.train_per_exp": 128, "scenario.test_per_exp": 128}
