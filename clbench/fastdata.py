@@ -11,6 +11,14 @@ The fast path only applies when the dataset tree bottoms out in
 and every subset, concatenation or replay buffer Avalanche derives from them).
 Avalanche's own loaders wrap datasets in torch's ConcatDataset, so that class
 gets a batched twin too (swapped in Avalanche's loader module only).
+
+Two fixed costs go the same way. Building a benchmark and every loader walk
+the label attributes (`targets`, `targets_task_labels`) element by element
+through FlatData's `__getitem__`: about 1 s for Permuted MNIST, so plain
+integer attributes iterate from one cached array instead. And every training
+loader asks `has_ffcv_support`, which traverses the whole dataset tree (0.2 s a
+call); without the `ffcv` package no dataset can have FFCV support, so the
+answer is False at once.
 The fast path returns exactly the per-sample items Avalanche would, so collation,
 samplers and every strategy's loader behave as before; anything else falls
 back to the per-sample path. `tests/test_fastdata.py` checks both paths give
@@ -19,13 +27,19 @@ identical items and identical training runs.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
+import functools
+import importlib.util
 import os
 
 import numpy as np
 import torch
 from avalanche.benchmarks.utils import data_loader as avalanche_data_loader
+from avalanche.benchmarks.utils import DataAttribute
 from avalanche.benchmarks.utils.data import AvalancheDataset, _FlatDataWithTransform
+from avalanche.benchmarks.utils.flat_data import ConstantSequence, FlatData
+from avalanche.benchmarks.utils.ffcv_support import ffcv_components
 from avalanche.benchmarks.utils.transforms import TupleTransform
 from torch.utils.data import ConcatDataset
 
@@ -91,32 +105,57 @@ def _locate(node, idx: np.ndarray, leaf_out: list, id_out: np.ndarray, local_out
     return True
 
 
-def _int_attribute_values(da) -> np.ndarray | None:
-    """The attribute as an int array, or None for non-integer attributes (e.g. DER's logits)."""
+def int_values(seq) -> np.ndarray | None:
+    """Every value of a label sequence as one int64 array; None unless all are plain ints.
+
+    Handles what Avalanche builds label attributes from: Python lists of ints,
+    `ConstantSequence`s and (exactly) `FlatData` trees of them, with their
+    concatenations and index lists. Anything else (tensors, numpy scalars,
+    DER's logits, datasets) is None, so callers fall back to Avalanche's path,
+    which yields the stored objects themselves.
+    """
+    if isinstance(seq, DataAttribute):
+        seq = seq.data
+    if type(seq) is ConstantSequence:
+        value = seq._constant_value
+        return np.full(len(seq), value, dtype=np.int64) if type(value) is int else None
+    if type(seq) is list:
+        return np.asarray(seq, dtype=np.int64) if all(type(v) is int for v in seq) else None
+    if type(seq) is not FlatData:
+        return None
 
     def build():
-        values = list(da.data)
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        parts = [int_values(d) for d in seq._datasets]
+        if any(p is None for p in parts):
             return None
-        return np.asarray(values, dtype=np.int64)
+        values = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        return values if seq._indices is None else values[np.asarray(seq._indices, dtype=np.int64)]
 
-    return _cached_array(da, "int_values", build)
+    return _cached_array(seq, "int_values", build)
 
 
-def avalanche_getitems(self: AvalancheDataset, indices):
-    """`__getitems__` for AvalancheDataset: one gather per leaf instead of one call per sample."""
-    attrs = [da for da in self._data_attributes.values() if da.use_in_getitem]
+def _int_attribute_values(da) -> np.ndarray | None:
+    """The attribute as an int array, or None for non-integer attributes (e.g. DER's logits)."""
+    return _cached_array(da, "int_values", lambda: int_values(da))
+
+
+def _gather(dataset: AvalancheDataset, indices) -> list | None:
+    """The columns of samples `indices` as whole tensors: [x, y, *getitem attributes].
+
+    None when the fast path does not apply (a transform, a non-tensor leaf, a
+    non-integer attribute, an index out of range): callers then go Avalanche's way.
+    """
+    attrs = [da for da in dataset._data_attributes.values() if da.use_in_getitem]
     idx = np.asarray(indices, dtype=np.int64)
     n = len(idx)
     attr_values = [_int_attribute_values(da) for da in attrs]
-    if n == 0 or idx.min() < 0 or idx.max() >= len(self) or any(v is None or len(v) != len(self) for v in attr_values):
-        return _fallback(self, idx)
+    if n == 0 or idx.min() < 0 or idx.max() >= len(dataset) or any(v is None or len(v) != len(dataset) for v in attr_values):
+        return None
     leaves: list = []
     leaf_ids = np.empty(n, dtype=np.int64)
     local = np.empty(n, dtype=np.int64)
-    if not _locate(self._flat_data, idx, leaves, leaf_ids, local, np.arange(n)):
-        return _fallback(self, idx)
-    stats["fast"] += 1
+    if not _locate(dataset._flat_data, idx, leaves, leaf_ids, local, np.arange(n)):
+        return None
     if len(leaves) == 1:
         sel = torch.from_numpy(local)
         xs, ys = leaves[0].x[sel], leaves[0].y[sel]
@@ -127,10 +166,41 @@ def avalanche_getitems(self: AvalancheDataset, indices):
             mask = torch.from_numpy(leaf_ids == leaf_id)
             sel = torch.from_numpy(local[leaf_ids == leaf_id])
             xs[mask], ys[mask] = leaf.x[sel], leaf.y[sel]
-    columns = [list(xs.unbind(0)), ys.tolist()] + [values[idx].tolist() for values in attr_values]
+    return [xs, ys] + [torch.from_numpy(values[idx]) for values in attr_values]
+
+
+def avalanche_getitems(self: AvalancheDataset, indices):
+    """`__getitems__` for AvalancheDataset: one gather per leaf instead of one call per sample."""
+    columns = _gather(self, indices)
+    if columns is None:
+        return _fallback(self, np.asarray(indices, dtype=np.int64))
+    stats["fast"] += 1
+    xs, ys, *attrs = columns
+    rows = [list(xs.unbind(0)), ys.tolist()] + [a.tolist() for a in attrs]
     # Avalanche turns the leaf's tuple into a list when it appends attributes.
     as_item = list if attrs else tuple
-    return [as_item(item) for item in zip(*columns, strict=True)]
+    return [as_item(item) for item in zip(*rows, strict=True)]
+
+
+def sequential_batches(dataset: AvalancheDataset, batch_size: int):
+    """The collated minibatches of `DataLoader(dataset, batch_size)` (in order, no shuffle).
+
+    With the fast path on and applicable, the whole dataset is gathered once and
+    sliced: same samples, same order, same values as the loader gives, without its
+    per-batch overhead. Otherwise it is that DataLoader. Used by full passes over
+    an experience, such as EWC's Fisher estimate.
+    """
+    columns = _gather(dataset, np.arange(len(dataset))) if is_enabled() else None
+    if columns is None:
+        collate = getattr(dataset, "collate_fn", None)
+        yield from torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+        return
+    stats["fast"] += 1
+    # A DataLoader iterator draws its workers' base seed from the global RNG even with
+    # no workers and no shuffle; draw it too, or every later shuffle would differ.
+    torch.empty((), dtype=torch.int64).random_()
+    for start in range(0, len(dataset), batch_size):
+        yield [c[start:start + batch_size] for c in columns]
 
 
 class BatchedConcatDataset(ConcatDataset):
@@ -155,21 +225,51 @@ class BatchedConcatDataset(ConcatDataset):
         return out
 
 
+def _sequence_iter(self):
+    """`__iter__` for DataAttribute and FlatData: from the cached int array when there is one."""
+    values = int_values(self)
+    return iter(values.tolist()) if values is not None else collections.abc.Sequence.__iter__(self)
+
+
+@functools.cache
+def _ffcv_installed() -> bool:
+    return importlib.util.find_spec("ffcv") is not None
+
+
+def has_ffcv_support(datasets) -> bool:
+    # `enable_ffcv` needs the ffcv package, so without it no dataset can have been prepared.
+    return _ffcv_installed() and ffcv_components.has_ffcv_support(datasets)
+
+
+_PATCHES = [  # (owner, attribute, fast version); the originals are kept for `disable`
+    (AvalancheDataset, "__getitems__", avalanche_getitems),
+    (avalanche_data_loader, "ConcatDataset", BatchedConcatDataset),
+    (avalanche_data_loader, "has_ffcv_support", has_ffcv_support),
+    (DataAttribute, "__iter__", _sequence_iter),
+    (FlatData, "__iter__", _sequence_iter),
+]
+_ORIGINALS = {(id(owner), name): owner.__dict__.get(name) for owner, name, _ in _PATCHES}
+
+
 def enable() -> None:
     if os.environ.get("CLBENCH_FAST_DATA", "1") == "0":
         return
-    AvalancheDataset.__getitems__ = avalanche_getitems
-    avalanche_data_loader.ConcatDataset = BatchedConcatDataset
+    for owner, name, fast in _PATCHES:
+        setattr(owner, name, fast)
 
 
 def disable() -> None:
-    if "__getitems__" in AvalancheDataset.__dict__:
-        del AvalancheDataset.__getitems__
-    avalanche_data_loader.ConcatDataset = ConcatDataset
+    for owner, name, _ in _PATCHES:
+        original = _ORIGINALS[(id(owner), name)]
+        if original is None:
+            if name in owner.__dict__:
+                delattr(owner, name)
+        else:
+            setattr(owner, name, original)
 
 
 def is_enabled() -> bool:
-    return "__getitems__" in AvalancheDataset.__dict__
+    return AvalancheDataset.__dict__.get("__getitems__") is avalanche_getitems
 
 
 @contextlib.contextmanager

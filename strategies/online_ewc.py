@@ -3,10 +3,8 @@ decayed Fisher instead of one penalty per experience."""
 
 from dataclasses import dataclass
 
-from avalanche.training import EWC
-
 from clbench.registry import register_strategy
-from clbench.strategies.ewc import EWC_DEFAULTS
+from clbench.strategies.ewc import EWC_DEFAULTS, ewc_template
 
 
 @dataclass
@@ -25,7 +23,4 @@ class OnlineEWCParams:
 )
 def build(ctx):
     p = ctx.params
-    return EWC(
-        criterion=ctx.criterion(), ewc_lambda=p.ewc_lambda, mode="online", decay_factor=p.decay_factor,
-        keep_importance_data=False, **ctx.template_kwargs(),
-    )
+    return ewc_template(ctx, ewc_lambda=p.ewc_lambda, mode="online", decay_factor=p.decay_factor, keep_importance_data=False)

@@ -95,3 +95,39 @@ def test_training_runs_are_identical_with_and_without_fast_path(tmp_path, data_r
             slow = run_cell(cfg, tmp_path / f"slow_{strategy}", data_root=data_root, progress=False)
         assert fast["status"] == slow["status"] == "ok"
         assert fast["matrix"] == slow["matrix"], strategy
+
+
+def test_label_attributes_iterate_to_the_same_values():
+    """Fast iteration of targets / task labels equals Avalanche's element-by-element walk."""
+    a = to_avalanche_dataset(experience(40, task=0))
+    b = to_avalanche_dataset(experience(25, task=4, offset=2))
+    derived = a.concat(b).subset(list(range(64, 0, -5))).concat(a.subset([3, 3, 1]))
+    tensor_labels = DataAttribute(list(torch.arange(6)), "odd")  # tensors: must stay tensors
+    for ds in (a, b, derived):
+        for attribute in (ds.targets, ds.targets_task_labels):
+            with fastdata.fast_fetch(False):
+                slow = list(attribute), attribute.uniques, dict(attribute.count)
+            with fastdata.fast_fetch():
+                fresh = DataAttribute(attribute.data, attribute.name)  # uncached uniques/count
+                fast = list(attribute), fresh.uniques, dict(fresh.count)
+                assert fastdata.int_values(attribute) is not None
+            assert fast == slow and all(type(v) is int for v in fast[0])
+    with fastdata.fast_fetch():
+        assert fastdata.int_values(tensor_labels) is None
+        assert all(isinstance(v, torch.Tensor) for v in tensor_labels)
+
+
+def test_ffcv_check_is_short_circuited_only_without_ffcv(monkeypatch):
+    from avalanche.benchmarks.utils import data_loader
+    from avalanche.benchmarks.utils.ffcv_support import ffcv_components
+
+    ds = to_avalanche_dataset(experience(10, task=0))
+    with fastdata.fast_fetch():
+        assert data_loader.has_ffcv_support is fastdata.has_ffcv_support
+        monkeypatch.setattr(fastdata, "_ffcv_installed", lambda: False)
+        assert fastdata.has_ffcv_support([ds]) is False
+        monkeypatch.setattr(fastdata, "_ffcv_installed", lambda: True)  # then Avalanche decides
+        monkeypatch.setattr(ffcv_components, "has_ffcv_support", lambda datasets: datasets == ["ready"])
+        assert fastdata.has_ffcv_support(["ready"]) is True
+    with fastdata.fast_fetch(False):
+        assert data_loader.has_ffcv_support is not fastdata.has_ffcv_support
