@@ -56,6 +56,9 @@ class ModelSpec:
     factory: Callable[..., Any]  # factory(info, profile, **kwargs) -> nn.Module
     description: str
     origin: str = "builtin"
+    # validate(**model_args) raises ValueError for bad values or combinations, so a config is
+    # rejected before any data is loaded; None: checked only when the model is built.
+    validate: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,8 +172,8 @@ def register_scenario(
         name, fn, description, scenario_type, options, profiles, default_model, origin))
 
 
-def register_model(name: str, *, description: str):
-    return _registering(MODELS, lambda fn, origin: ModelSpec(name, fn, description, origin))
+def register_model(name: str, *, description: str, validate: Callable[..., Any] | None = None):
+    return _registering(MODELS, lambda fn, origin: ModelSpec(name, fn, description, origin, validate))
 
 
 def register_optimizer(name: str, *, description: str, params: type | None = None):

@@ -116,11 +116,16 @@ def check_plugins(cfg: RunConfig) -> None:
 
 def check_model_args(cfg: RunConfig) -> None:
     """`model.<arg>` keys must be keyword arguments of the model factory (after info and profile)."""
-    factory = MODELS.get(cfg.model).factory  # raises with the valid names
-    accepted = list(inspect.signature(factory).parameters)[2:]
+    spec = MODELS.get(cfg.model)  # raises with the valid names
+    accepted = list(inspect.signature(spec.factory).parameters)[2:]
     unknown = sorted(set(cfg.model_args) - set(accepted))
     if unknown:
         raise ConfigError(f"unknown argument(s) {', '.join(unknown)} for model {cfg.model!r}; valid: {', '.join(accepted) or '(none)'}")
+    if spec.validate is not None:
+        try:
+            spec.validate(**cfg.model_args)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model {cfg.model!r}: {exc}") from None
 
 
 def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None, skipped: list[str] | None = None) -> list[RunConfig]:

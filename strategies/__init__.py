@@ -13,6 +13,7 @@ from clbench.strategies import (  # noqa: F401  (registration side effects)
     ewc,
     gdumb,
     gem,
+    hope,
     icarl,
     joint,
     lwf,

@@ -5,4 +5,4 @@ Importing this package registers its models, optimizers and plugins by name
 """
 
 import clbench.nested.optim  # noqa: F401  (registers the deep optimizers)
-from clbench.nested import cms, multirate  # noqa: F401  (registration side effects)
+from clbench.nested import cms, hope, multirate  # noqa: F401  (registration side effects)

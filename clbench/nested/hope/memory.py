@@ -1,0 +1,170 @@
+"""Associative memories of the self-modifying Titans layer (nested_learning.md §3, §6.2-6.3).
+
+A memory bank holds G = (memories x heads) independent fast memories, each mapping a
+d-vector to a d-vector. Contract (all shapes batch-first, G the group axis):
+
+- `init_state(batch)`   -> state: the meta-learned initial state (a parameter) expanded
+                           to the batch, so outer training learns it (§6.2 "initial states
+                           are meta-learned");
+- `read(state, z)`      -> M(z) with the state held fixed, z: [B, n, G, d] (chunk-start reads:
+                           generating k, v, q, eta, alpha and the self-generated values);
+- `chunk_update(state, keys, targets, eta, alpha, queries)` -> (state after the chunk,
+                           token-level reads M_{t-1}(q_t)): one chunk of the inner loop.
+
+Inner objective: 1/2 ||M(k_t) - v_hat_t||^2, its gradient taken at the chunk-start state (the
+floor index of §6.3, so the whole chunk's gradients are matmuls). Update rule, per token
+(Eq. 88, S = M^T layout): S_t = alpha_t S_{t-1} - eta_t k_t k_t^T S_{t-1} [DGD term] - eta_t grad_t.
+Every update is a `clbench.kernels.dgd_rule` call (chunked closed form; Triton later) except
+with momentum, which has no closed form together with the DGD term (§9.2 K2): then a token
+loop over precomputed gradients runs instead (`momentum_rule`).
+
+Linear memory: M(z) = M z, state S [K, V] = M^T.
+MLP memory (Eq. 89/91): M(z) = z + W1 silu(W2 z), state (S2 = W2^T [d, h], S1 = W1^T [h, d]).
+Where the DGD factor acts in an MLP memory is not in the paper [U]: like kmc we put it on the
+input-side matrix W2 (keys k) and give W1 (keys silu(W2 k)) plain retention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clbench.kernels.dgd_rule import dgd_rule
+
+
+@dataclass(frozen=True)
+class InnerRule:
+    """How every memory of a layer learns in context (Table 6 ablations switch these)."""
+
+    dgd: bool = True  # the -eta k k^T S term (off: plain GD with retention, "w/o DGD")
+    momentum: bool = False  # Titans-style momentum over the update (on: the paper's Table 6 model)
+    stop_grad_writes: bool = False  # D10: detach what is written (reads stay differentiable)
+
+
+def w1_step(eta: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """W1's step size: eta / max(1, ||silu(W2 k)||^2), a normalised-LMS step.
+
+    W1's keys are hidden activations, not unit vectors: one plain step moves that token's
+    output by eta ||a||^2 times its error, which diverges once ||a||^2 > 2 / eta (the outer
+    loop can grow W2 that far). Normalising keeps every inner step contractive; it changes
+    nothing while ||a|| <= 1. Our choice [U]: the paper leaves the MLP memory's steps open.
+    """
+    return eta / hidden.pow(2).sum(-1).clamp_min(1.0)
+
+
+def silu_grad(z: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def momentum_rule(q, k, w, eta, alpha, mu, s0, m0, *, dgd: bool):
+    """The update rule plus momentum, token by token (no closed form exists with DGD).
+
+    Without momentum a token would move the state by delta_t = (alpha_t - 1) S_{t-1}
+    - eta_t k_t k_t^T S_{t-1} + eta_t k_t w_t^T; with it, m_t = mu m_{t-1} + delta_t and
+    S_t = S_{t-1} + m_t (mu = 0 gives the plain rule back). Reads are S_{t-1}^T q_t.
+    Shapes as `dgd_rule`; mu: [G] per group. Returns (o, S_T, m_T).
+    """
+    s, m, outputs = s0, m0, []
+    mu = mu.view(1, -1, 1, 1)
+    for t in range(k.shape[1]):
+        kt, wt = k[:, t], w[:, t]
+        outputs.append(torch.einsum("bgk,bgkv->bgv", q[:, t], s))
+        a, e = alpha[:, t, :, None, None], eta[:, t, :, None, None]
+        delta = (a - 1) * s + e * kt[..., :, None] * wt[..., None, :]
+        if dgd:
+            delta = delta - e * kt[..., :, None] * torch.einsum("bgk,bgkv->bgv", kt, s)[..., None, :]
+        m = mu * m + delta
+        s = s + m
+    return torch.stack(outputs, dim=1), s, m
+
+
+class MemoryBank(nn.Module):
+    """Shared plumbing: per-group momentum decay and the write step through the rule."""
+
+    def __init__(self, groups: int, dim: int, rule: InnerRule):
+        super().__init__()
+        self.groups, self.dim, self.rule = groups, dim, rule
+        # Momentum decay mu = sigmoid(logit) per group; static (outer level) for simplicity:
+        # Titans makes it data-dependent, the paper does not say [U].
+        self.momentum_logit = nn.Parameter(torch.zeros(groups)) if rule.momentum else None
+
+    def _write(self, q, k, w, eta, alpha, s, m, *, dgd: bool):
+        """Advance one state matrix over a chunk; returns (reads S_{t-1}^T q_t, S, momentum)."""
+        if self.rule.stop_grad_writes:
+            k, w, eta, alpha = k.detach(), w.detach(), eta.detach(), alpha.detach()
+        if not self.rule.momentum:
+            # One semantic chunk per call. The layer keeps eta, alpha in range and checks its
+            # results for NaN/inf itself, so the op's per-call value scans are skipped.
+            o, s = dgd_rule(q, k, w, eta, alpha, s, chunk_size=max(1, k.shape[1]), dgd=dgd, check_values=False)
+            return o, s, m
+        return momentum_rule(q, k, w, eta, alpha, torch.sigmoid(self.momentum_logit), s, m, dgd=dgd)
+
+
+class LinearMemory(MemoryBank):
+    def __init__(self, groups: int, dim: int, rule: InnerRule):
+        super().__init__(groups, dim, rule)
+        self.s0 = nn.Parameter(torch.randn(groups, dim, dim) / math.sqrt(dim))
+
+    def init_state(self, batch: int) -> dict[str, torch.Tensor]:
+        state = {"s": self.s0.expand(batch, -1, -1, -1)}
+        if self.rule.momentum:
+            state["m"] = torch.zeros_like(state["s"])
+        return state
+
+    def read(self, state, z: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bngk,bgkv->bngv", z, state["s"])
+
+    def chunk_update(self, state, keys, targets, eta, alpha, queries):
+        s = state["s"]
+        w = targets - self.read(state, keys)  # -(gradient) direction at the chunk start
+        o, s, m = self._write(queries, keys, w, eta, alpha, s, state.get("m"), dgd=self.rule.dgd)
+        return ({"s": s, "m": m} if m is not None else {"s": s}), o
+
+
+class MLPMemory(MemoryBank):
+    def __init__(self, groups: int, dim: int, hidden: int, rule: InnerRule):
+        super().__init__(groups, dim, rule)
+        # Residual MLP: the identity plus a small random branch, so a fresh memory passes
+        # its input through (a sensible projection before any outer training).
+        self.s2 = nn.Parameter(torch.randn(groups, dim, hidden) / math.sqrt(dim))
+        self.s1 = nn.Parameter(torch.randn(groups, hidden, dim) * 0.1 / math.sqrt(hidden))
+
+    def init_state(self, batch: int) -> dict[str, torch.Tensor]:
+        state = {"s2": self.s2.expand(batch, -1, -1, -1), "s1": self.s1.expand(batch, -1, -1, -1)}
+        if self.rule.momentum:
+            state["m2"], state["m1"] = torch.zeros_like(state["s2"]), torch.zeros_like(state["s1"])
+        return state
+
+    def read(self, state, z: torch.Tensor) -> torch.Tensor:
+        hidden = F.silu(torch.einsum("bngd,bgdh->bngh", z, state["s2"]))
+        return z + torch.einsum("bngh,bghd->bngd", hidden, state["s1"])
+
+    def chunk_update(self, state, keys, targets, eta, alpha, queries):
+        s2, s1 = state["s2"], state["s1"]
+        # Backprop of 1/2 ||k + W1 silu(W2 k) - v_hat||^2 at the chunk-start weights, by hand:
+        # errors per token, so each token's gradient is rank one (E A^T for W1, D k^T for W2).
+        z = torch.einsum("bngd,bgdh->bngh", keys, s2)
+        a = F.silu(z)
+        err = keys + torch.einsum("bngh,bghd->bngd", a, s1) - targets
+        hidden_err = torch.einsum("bngd,bghd->bngh", err, s1) * silu_grad(z)
+        # W2 (input side) gets the DGD factor; its reads give the hidden pre-activations of
+        # the queries, whose silu are the queries of W1 (plain retention, no DGD).
+        z_q, s2, m2 = self._write(queries, keys, -hidden_err, eta, alpha, s2, state.get("m2"), dgd=self.rule.dgd)
+        h_q, s1, m1 = self._write(F.silu(z_q), a, -err, w1_step(eta, a), alpha, s1, state.get("m1"), dgd=False)
+        new = {"s2": s2, "s1": s1}
+        if self.rule.momentum:
+            new["m2"], new["m1"] = m2, m1
+        return new, queries + h_q
+
+
+def make_memory(kind: str, groups: int, dim: int, hidden: int, rule: InnerRule) -> MemoryBank:
+    if kind == "linear":
+        return LinearMemory(groups, dim, rule)
+    if kind == "mlp":
+        return MLPMemory(groups, dim, hidden, rule)
+    raise ValueError(f"unknown memory {kind!r}; valid: linear, mlp")

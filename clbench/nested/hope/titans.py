@@ -1,0 +1,210 @@
+"""Self-modifying Titans: the sequence layer of HOPE (nested_learning.md §6.2-6.4, Eq. 83-94).
+
+Per token t, with every memory read at the state of the start of t's chunk (§6.3, floor index):
+  k_t = l2norm(M_k(x_t)), v_t = l2norm(M_v(x_t)), q_t = l2norm(W_q x_t)   (adaptive q is an option)
+  eta_t, alpha_t = scalar readouts of M_eta(x_t), M_alpha(x_t)      (per head)
+  v_hat_{m,t} = M_m(v_t) for every memory m (self-generated values, Eq. 84)
+  every memory m learns (k_t -> v_hat_{m,t}) by the DGD rule (Eq. 88; memory.py)
+  o_t = M_mem,t-1(q_t)                                              (read before write, Eq. 94)
+then output norm, gate and projection (Titans §4.4).
+
+Choices where the paper is silent [U], all recorded in the model config:
+- "x_t" of each projection is a static linear map of the layer input followed by a causal
+  depthwise conv (window 4) and SiLU (Titans §4.4); a static projection feeding the memory
+  keeps k, v, q, eta, alpha distinct at initialisation, and a non-adaptive projection
+  ("static k", Table 6) is that same map without the memory.
+- eta and alpha are scalars per head: eta = eta_max * sigmoid(<w, M_eta(x)> + b) and
+  alpha = sigmoid(<w, M_alpha(x)> + b) (kmc uses 1-wide heads the same way). Retention off
+  ("w/o weight decay") fixes alpha = 1.
+- eta and alpha are shared by all memories of the layer (each memory has its own values).
+- v is l2-normalised like q and k (Titans normalises only q and k). Each memory chases its
+  own reading of v (v_hat = M(v)) from keys k; with ||v|| > ||k|| = 1 that loop raises the
+  memory's gain every chunk, and at the quick profile the memories overflowed to inf
+  within one 17-token image after ~100 training steps. Unit values keep the targets on
+  the scale of the memory's own outputs.
+- Two chunk sizes as in the paper: `chunk_other` for the projection memories (k, v, q, eta,
+  alpha), `chunk_mem` for the main memory. A sequence length that is not a multiple of a chunk
+  size ends with a shorter chunk (same semantics as the token loop, nothing padded).
+- The projection memories never read the main memory, so they run first over the whole
+  sequence (sequential over their chunks), then the main memory runs over its own chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clbench.errors import NonFiniteLossError
+from clbench.nested.hope.memory import InnerRule, make_memory
+
+PROJECTIONS = ("k", "v", "q", "eta", "alpha")
+RESET_POLICIES = ("example", "experience", "never")
+
+
+@dataclass(frozen=True)
+class TitansOptions:
+    heads: int = 4
+    memory: str = "mlp"  # linear | mlp (Eq. 89/91)
+    memory_hidden_mult: int = 2  # MLP memory hidden width = mult * head dim
+    chunk_other: int = 4  # projection memories
+    chunk_mem: int = 8  # main memory
+    dgd: bool = True
+    momentum: bool = False
+    retention: bool = True
+    adaptive_k: bool = True
+    adaptive_v: bool = True
+    adaptive_q: bool = False  # "q_t = x_t W_q is the only non-adaptive projection" (§6.2)
+    stop_grad_writes: bool = False  # D10: default differentiates through the inner writes
+    eta_max: float = 0.5
+    conv_window: int = 4
+
+    def __post_init__(self):
+        if self.memory not in ("linear", "mlp"):
+            raise ValueError(f"memory must be 'linear' or 'mlp', got {self.memory!r}")
+        for name in ("heads", "memory_hidden_mult", "chunk_other", "chunk_mem", "conv_window"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not 0 < self.eta_max <= 2:
+            # With l2-normalised keys the DGD factor alpha - eta k k^T has eigenvalue alpha - eta;
+            # eta > 2 would make it expansive for every alpha.
+            raise ValueError(f"eta_max must be in (0, 2], got {self.eta_max}")
+
+    @property
+    def adaptive(self) -> tuple[str, ...]:
+        """Projections produced by an in-context memory (eta and alpha always are)."""
+        flags = {"k": self.adaptive_k, "v": self.adaptive_v, "q": self.adaptive_q, "eta": True, "alpha": True}
+        return tuple(p for p in PROJECTIONS if flags[p])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CausalDepthwiseConv(nn.Module):
+    def __init__(self, channels: int, window: int):
+        super().__init__()
+        self.window = window
+        self.conv = nn.Conv1d(channels, channels, window, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, C]
+        padded = F.pad(x.transpose(1, 2), (self.window - 1, 0))  # left pad only: causal
+        return self.conv(padded).transpose(1, 2)
+
+
+class SelfModifyingTitans(nn.Module):
+    def __init__(self, d_model: int, options: TitansOptions, name: str = "titans"):
+        super().__init__()
+        if d_model % options.heads:
+            raise ValueError(f"d_model={d_model} is not divisible by heads={options.heads}")
+        self.options, self.name = options, name
+        self.heads, self.head_dim = options.heads, d_model // options.heads
+        self.reset_policy = "example"
+        self.carried: dict[str, dict[str, torch.Tensor]] | None = None
+        h, dh = self.heads, self.head_dim
+        rule = InnerRule(options.dgd, options.momentum, options.stop_grad_writes)
+        hidden = options.memory_hidden_mult * dh
+
+        self.proj = nn.Linear(d_model, len(PROJECTIONS) * d_model, bias=False)
+        self.conv = CausalDepthwiseConv(len(PROJECTIONS) * d_model, options.conv_window)
+        self.proj_memory = make_memory(options.memory, len(options.adaptive) * h, dh, hidden, rule)
+        self.main_memory = make_memory(options.memory, h, dh, hidden, rule)
+        self.eta_readout = nn.Parameter(torch.randn(h, dh) / dh)
+        self.eta_bias = nn.Parameter(torch.full((h,), -2.0))  # eta ~ 0.12 eta_max at start
+        self.alpha_readout = nn.Parameter(torch.randn(h, dh) / dh)
+        self.alpha_bias = nn.Parameter(torch.full((h,), 3.0))  # alpha ~ 0.95 at start
+        self.out_norm = nn.RMSNorm(dh)
+        self.gate = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    # ----------------------------------------------------------------- shared with the naive reference
+    def projected_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, 5, H, dh]: the static projection, causal conv and SiLU feeding each projection."""
+        b, t, _ = x.shape
+        return F.silu(self.conv(self.proj(x))).view(b, t, len(PROJECTIONS), self.heads, self.head_dim)
+
+    def rates(self, eta_features: torch.Tensor, alpha_features: torch.Tensor):
+        """Scalar eta, alpha per token and head from the memories' outputs [B, n, H, dh]."""
+        eta = self.options.eta_max * torch.sigmoid((eta_features * self.eta_readout).sum(-1) + self.eta_bias)
+        if not self.options.retention:
+            return eta, torch.ones_like(eta)
+        # Floor: alpha = 0 would have no logarithm in the chunked form's log-space gates.
+        alpha = torch.sigmoid((alpha_features * self.alpha_readout).sum(-1) + self.alpha_bias)
+        return eta, alpha.clamp_min(1e-6)
+
+    def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-head norm, SiLU gate from the layer input, output projection."""
+        b, t = x.shape[:2]
+        o = self.out_norm(o).reshape(b, t, -1)
+        return self.out_proj(o * F.silu(self.gate(x)))
+
+    def start_states(self, batch: int):
+        """Meta-learned initial states, plus what was carried over when the reset policy keeps it (D4)."""
+        states = {"proj": self.proj_memory.init_state(batch), "main": self.main_memory.init_state(batch)}
+        if self.carried is None:
+            return states
+        return {bank: {k: v + self.carried[bank][k] for k, v in s.items()} for bank, s in states.items()}
+
+    def carry_over(self, final) -> None:
+        """Keep the batch-mean change of the fast states for the next batch (reset policy != example)."""
+        init = {"proj": self.proj_memory.init_state(1), "main": self.main_memory.init_state(1)}
+        self.carried = {
+            bank: {k: (v - init[bank][k]).mean(0, keepdim=True).detach() for k, v in s.items()}
+            for bank, s in final.items()
+        }
+
+    def reset_fast_state(self) -> None:
+        self.carried = None
+
+    # ----------------------------------------------------------------- chunked forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        opts, (b, t, _) = self.options, x.shape
+        z = self.projected_inputs(x)
+        states = self.start_states(b)
+        k, v, q, eta, alpha, states["proj"] = self.generate(z, states["proj"])
+        outputs, main = [], states["main"]
+        for start in range(0, t, opts.chunk_mem):
+            chunk = slice(start, start + opts.chunk_mem)
+            targets = self.main_memory.read(main, v[:, chunk])
+            main, o = self.main_memory.chunk_update(main, k[:, chunk], targets, eta[:, chunk], alpha[:, chunk], q[:, chunk])
+            outputs.append(o)
+        o = torch.cat(outputs, dim=1)
+        self.check_finite(k=k, v=v, eta=eta, alpha=alpha, read=o)
+        if self.training and self.reset_policy != "example":
+            self.carry_over({"proj": states["proj"], "main": main})
+        return self.output(o, x)
+
+    def generate(self, z: torch.Tensor, state):
+        """k, v, q, eta, alpha for the whole sequence, chunk by chunk, advancing the projection memories."""
+        opts, adaptive = self.options, self.options.adaptive
+        idx = [PROJECTIONS.index(p) for p in adaptive]
+        n_mem, pieces = len(adaptive), []
+        for start in range(0, z.shape[1], opts.chunk_other):
+            zc = z[:, start:start + opts.chunk_other]
+            b, n, _, h, dh = zc.shape
+            read = self.proj_memory.read(state, zc[:, :, idx].reshape(b, n, n_mem * h, dh)).view(b, n, n_mem, h, dh)
+            made = {p: read[:, :, adaptive.index(p)] if p in adaptive else zc[:, :, PROJECTIONS.index(p)] for p in PROJECTIONS}
+            k, q = F.normalize(made["k"], dim=-1), F.normalize(made["q"], dim=-1)
+            v = F.normalize(made["v"], dim=-1)  # unit values: see the module docstring
+            eta, alpha = self.rates(made["eta"], made["alpha"])
+            # Every projection memory learns (k -> its own reading of v), Eq. 84-85.
+            keys = k.repeat(1, 1, n_mem, 1)
+            targets = self.proj_memory.read(state, v.repeat(1, 1, n_mem, 1))
+            state, _ = self.proj_memory.chunk_update(
+                state, keys, targets, eta.repeat(1, 1, n_mem), alpha.repeat(1, 1, n_mem), keys
+            )
+            pieces.append((k, v, q, eta, alpha))
+        k, v, q, eta, alpha = (torch.cat(parts, dim=1) for parts in zip(*pieces, strict=True))
+        return k, v, q, eta, alpha, state
+
+    def check_finite(self, **tensors: torch.Tensor) -> None:
+        """Stop at the first non-finite value of the inner loop, naming the layer, quantity and step."""
+        for what, tensor in tensors.items():
+            bad = ~torch.isfinite(tensor)
+            if bad.any():
+                step = int(bad.reshape(bad.shape[0], bad.shape[1], -1).any(-1).any(0).nonzero()[0])
+                raise NonFiniteLossError(
+                    f"HOPE layer {self.name}: non-finite {what} in the inner loop at token step {step} "
+                    f"of {tensor.shape[1]} (the fast memories diverged; try a smaller eta_max)"
+                )
