@@ -49,6 +49,7 @@ COST_FIELDS = (
     "peak_rss_mb",
     "peak_device_mb",
     "num_params",
+    "train_samples_per_s",  # stream samples per second of training (absent in old results: NaN)
 )
 # Level metrics are in the metric's unit; all others are sign-normalised differences.
 LEVEL_METRICS = ("acc", "plasticity", "avg_inc_acc")

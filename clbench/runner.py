@@ -140,7 +140,7 @@ def run_cell(
         "strategy": cfg.strategy, "label": cfg.label, "seed": cfg.seed, "config_hash": config_hash,
         "config": cfg.to_dict(), "metric_name": "accuracy", "higher_is_better": True,
         "matrix": [], "initial": [], "n_experiences": None, "n_test": [],
-        "train_seconds": 0.0, "eval_seconds": 0.0, "wall_seconds": 0.0,
+        "train_seconds": 0.0, "eval_seconds": 0.0, "wall_seconds": 0.0, "train_samples_per_s": None,
         "peak_rss_mb": None, "peak_device_mb": 0.0, "num_params": None, "scenario_info": {},
         "env": {}, "status": "failed", "error": None, "traceback": None, "started_at": _now(), "finished_at": None,
     }
@@ -198,6 +198,10 @@ def run_cell(
                     result["matrix"].append(evaluate())
                     bar.update(1)
             bar.close()
+            # Throughput of the stream itself (replayed or regularisation passes are part of
+            # the method's cost, so they lower it rather than count as samples).
+            stream_samples = cfg.train.epochs * sum(len(e) for e in stream.train)
+            result["train_samples_per_s"] = stream_samples / max(result["train_seconds"], 1e-9)
             if device.type == "cuda":
                 result["peak_device_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         result["status"] = "ok"

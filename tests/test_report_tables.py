@@ -36,7 +36,8 @@ def shifted(matrix, d):
 def costs(label, seed):
     wall = WALL[label] + seed / 2
     return dict(wall_seconds=wall, train_seconds=0.8 * wall, eval_seconds=0.1 * wall,
-                peak_rss_mb=1000.0 + 10 * seed, num_params=1000)  # fmt: skip
+                peak_rss_mb=1000.0 + 10 * seed, num_params=1000,
+                train_samples_per_s=4000.0 / (0.8 * wall))  # fmt: skip
 
 
 def golden_run(root: Path) -> Path:

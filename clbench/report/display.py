@@ -92,7 +92,7 @@ def row_name(label: str, strategy: str, is_reference: bool) -> str:
 class Spec:
     key: str
     header: str
-    kind: str  # "level", "delta", "cost"
+    kind: str  # "level", "delta", "cost", "throughput"
     with_ci: bool = False
     decimals: int | None = None  # None: the metric's own
 
@@ -117,6 +117,7 @@ def summary_specs(info: ScenarioInfo) -> list[Spec]:
         Spec("wall_seconds", "Wall time (s)", "cost", decimals=1),
         Spec("peak_rss_mb", "Peak RSS (MB)", "cost", decimals=0),
         Spec("num_params", "Params", "cost"),
+        Spec("train_samples_per_s", "Train samples/s", "throughput", decimals=0),
     ]
     return specs
 
@@ -127,7 +128,7 @@ def _better(spec: Spec, info: ScenarioInfo) -> str:
     elif spec.kind == "delta":
         high = DIFFERENCE_BETTER_HIGH[spec.key]
     else:
-        high = False  # costs: less is better
+        high = spec.kind == "throughput"  # costs: less is better; throughput: more
     return "high" if high else "low"
 
 
