@@ -210,3 +210,23 @@ def test_auto_dispatch_is_chunk():
     o_c, s_c = dgd_rule_chunk(*x, chunk_size=3)
     assert_close(o, o_c, tol=0)
     assert_close(s, s_c, tol=0)
+
+
+@pytest.mark.parametrize("dgd", [True, False])
+def test_one_chunk_body_equals_the_token_loop(dgd):
+    """The unchecked head-major per-chunk body HOPE uses (read before write)."""
+    from clbench.kernels.dgd_rule import dgd_rule_one_chunk
+
+    g = torch.Generator().manual_seed(7)
+    B, T, H, K, V = 2, 6, 3, 4, 5
+    q, k = torch.randn(B, T, H, K, generator=g, dtype=torch.float64), torch.randn(B, T, H, K, generator=g, dtype=torch.float64)
+    k = torch.nn.functional.normalize(k, dim=-1)
+    w = torch.randn(B, T, H, V, generator=g, dtype=torch.float64)
+    eta = 0.5 * torch.rand(B, T, H, generator=g, dtype=torch.float64)
+    alpha = 0.5 + 0.5 * torch.rand(B, T, H, generator=g, dtype=torch.float64)
+    s0 = torch.randn(B, H, K, V, generator=g, dtype=torch.float64)
+    o_ref, s_ref = dgd_rule_naive(q, k, w, eta, alpha, s0, dgd=dgd)
+    head_major = [x.transpose(1, 2) for x in (q, k, w, eta, alpha)]
+    o, s = dgd_rule_one_chunk(*head_major, s0, dgd=dgd)
+    assert torch.allclose(o.transpose(1, 2), o_ref, atol=1e-12)
+    assert torch.allclose(s, s_ref, atol=1e-12)

@@ -120,8 +120,8 @@ def test_head_independence(memory):
             p[1] += 0.5
         start = layer.start_states(x.shape[0])
         _, o2 = bank.chunk_update(start["main"], k, bank.read(start["main"], v), eta, alpha, q)
-    assert torch.allclose(o[:, :, 0], o2[:, :, 0], atol=1e-14)
-    assert not torch.allclose(o[:, :, 1], o2[:, :, 1])
+    assert torch.allclose(o[:, 0], o2[:, 0], atol=1e-14)  # head-major: [B, heads, T, dh]
+    assert not torch.allclose(o[:, 1], o2[:, 1])
 
 
 @pytest.mark.parametrize("options", [{"memory": "linear"}, {"memory": "mlp", "chunk_other": 2, "chunk_mem": 3}])
@@ -145,23 +145,24 @@ def test_without_dgd_the_linear_memory_is_a_gated_delta_rule():
     torch.manual_seed(3)
     b, t, g, d = 2, 7, 3, 4
     memory = LinearMemory(g, d, InnerRule(dgd=False)).double()
-    k = torch.nn.functional.normalize(torch.randn(b, t, g, d, **F64), dim=-1)
-    targets, q = torch.randn(b, t, g, d, **F64), torch.randn(b, t, g, d, **F64)
-    eta, alpha = torch.rand(b, t, g, **F64) * 0.5, 0.5 + 0.5 * torch.rand(b, t, g, **F64)
+    k = torch.nn.functional.normalize(torch.randn(b, g, t, d, **F64), dim=-1)  # head-major
+    targets, q = torch.randn(b, g, t, d, **F64), torch.randn(b, g, t, d, **F64)
+    eta, alpha = torch.rand(b, g, t, **F64) * 0.5, 0.5 + 0.5 * torch.rand(b, g, t, **F64)
     state, outs = memory.init_state(b), []
     for i in range(t):
         sl = slice(i, i + 1)
-        state, o = memory.chunk_update(state, k[:, sl], targets[:, sl], eta[:, sl], alpha[:, sl], q[:, sl])
+        state, o = memory.chunk_update(state, k[:, :, sl], targets[:, :, sl], eta[:, :, sl], alpha[:, :, sl], q[:, :, sl])
         outs.append(o)
     s, expected = memory.s0.detach().expand(b, -1, -1, -1), []
     for i in range(t):
-        expected.append(torch.einsum("bgk,bgkv->bgv", q[:, i], s))
-        a, beta = alpha[:, i, :, None], eta[:, i, :, None] / alpha[:, i, :, None]
-        value = alpha[:, i, :, None] * targets[:, i]  # the delta rule's value in this scaling
+        ki = k[:, :, i]
+        expected.append(torch.einsum("bgk,bgkv->bgv", q[:, :, i], s))
+        a, beta = alpha[:, :, i, None], eta[:, :, i, None] / alpha[:, :, i, None]
+        value = a * targets[:, :, i]  # the delta rule's value in this scaling
         decayed = a[..., None] * s
-        correction = beta * (value - torch.einsum("bgk,bgkv->bgv", k[:, i], decayed))
-        s = decayed + k[:, i, :, :, None] * correction[:, :, None, :]
-    assert torch.allclose(torch.cat(outs, 1), torch.stack(expected, 1), atol=1e-12)
+        correction = beta * (value - torch.einsum("bgk,bgkv->bgv", ki, decayed))
+        s = decayed + ki[..., :, None] * correction[..., None, :]
+    assert torch.allclose(torch.cat(outs, 2), torch.stack(expected, 2), atol=1e-12)
     assert torch.allclose(state["s"], s, atol=1e-12)
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from .chunk import dgd_rule_chunk
+from .chunk import dgd_rule_chunk, dgd_rule_one_chunk
 from .naive import dgd_rule_naive
 
-__all__ = ["dgd_rule", "dgd_rule_chunk", "dgd_rule_naive"]
+__all__ = ["dgd_rule", "dgd_rule_chunk", "dgd_rule_naive", "dgd_rule_one_chunk"]
 
 IMPLS = ("auto", "naive", "chunk")
 

@@ -140,3 +140,43 @@ def _masked_ratio(
     """exp(log_rows[t] - log_cols[i]) where mask[t, i], else 0 (masked before the exp)."""
     diff = log_rows[..., :, None] - log_cols[..., None, :]
     return diff.masked_fill(~mask, float("-inf")).exp()
+
+
+def dgd_rule_one_chunk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    w: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    s0: torch.Tensor,
+    *,
+    dgd: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk of the rule in head-major layout, read before write, without input checks.
+
+    q, k: [B, H, C, K]; w: [B, H, C, V]; eta, alpha: [B, H, C]; s0: [B, H, K, V].
+    Returns (o [B, H, C, V], S_C). The same closed form as `dgd_rule_chunk` with a single
+    chunk, minus its layout changes, padding and value scans: the per-chunk body for a
+    caller that recomputes its inputs at every chunk start (HOPE's memories, where w
+    depends on the chunk-start state) and checks its own results.
+    """
+    C = k.shape[-2]
+    log_gamma = torch.log(alpha).cumsum(-1)  # log Γ_t
+    log_gamma_prev = F.pad(log_gamma[..., :-1], (1, 0))  # log Γ_{t-1}, exact
+    strict = torch.ones(C, C, dtype=torch.bool, device=k.device).tril(-1)
+    decay_prev = _masked_ratio(log_gamma_prev, log_gamma, strict)  # Γ_{t-1}/Γ_i, i < t
+    gamma_prev = log_gamma_prev.exp()[..., None]
+    if dgd:
+        eta_col = eta[..., None]
+        lower = eta_col * decay_prev * (k @ k.transpose(-1, -2))
+        eye = torch.eye(C, dtype=k.dtype, device=k.device)
+        rhs = torch.cat([eta_col * w, eta_col * gamma_prev * k], dim=-1)
+        solved = torch.linalg.solve_triangular(eye + lower, rhs, upper=False, unitriangular=True)
+        u_free, u_state = solved.split([w.shape[-1], k.shape[-1]], dim=-1)
+        u = u_free - u_state @ s0
+    else:
+        u = eta[..., None] * w
+    o = (gamma_prev * q) @ s0 + ((q @ k.transpose(-1, -2)) * decay_prev) @ u
+    k_end = (log_gamma[..., -1:] - log_gamma).exp()[..., None] * k  # (Γ_C/Γ_i) k_i
+    state = log_gamma[..., -1].exp()[..., None, None] * s0 + k_end.transpose(-1, -2) @ u
+    return o, state

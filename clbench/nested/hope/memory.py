@@ -1,12 +1,13 @@
 """Associative memories of the self-modifying Titans layer (nested_learning.md §3, §6.2-6.3).
 
 A memory bank holds G = (memories x heads) independent fast memories, each mapping a
-d-vector to a d-vector. Contract (all shapes batch-first, G the group axis):
+d-vector to a d-vector. Contract (head-major: tokens [B, G, n, d], rates [B, G, n]; the
+layout makes every read a plain batched matmul):
 
 - `init_state(batch)`   -> state: the meta-learned initial state (a parameter) expanded
                            to the batch, so outer training learns it (§6.2 "initial states
                            are meta-learned");
-- `read(state, z)`      -> M(z) with the state held fixed, z: [B, n, G, d] (chunk-start reads:
+- `read(state, z)`      -> M(z) with the state held fixed, z: [B, G, n, d] (chunk-start reads:
                            generating k, v, q, eta, alpha and the self-generated values);
 - `chunk_update(state, keys, targets, eta, alpha, queries)` -> (state after the chunk,
                            token-level reads M_{t-1}(q_t)): one chunk of the inner loop.
@@ -14,7 +15,7 @@ d-vector to a d-vector. Contract (all shapes batch-first, G the group axis):
 Inner objective: 1/2 ||M(k_t) - v_hat_t||^2, its gradient taken at the chunk-start state (the
 floor index of §6.3, so the whole chunk's gradients are matmuls). Update rule, per token
 (Eq. 88, S = M^T layout): S_t = alpha_t S_{t-1} - eta_t k_t k_t^T S_{t-1} [DGD term] - eta_t grad_t.
-Every update is a `clbench.kernels.dgd_rule` call (chunked closed form; Triton later) except
+Every update is a `clbench.kernels.dgd_rule` chunk (closed form; Triton later) except
 with momentum, which has no closed form together with the DGD term (§9.2 K2): then a token
 loop over precomputed gradients runs instead (`momentum_rule`).
 
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clbench.kernels.dgd_rule import dgd_rule
+from clbench.kernels.dgd_rule import dgd_rule_one_chunk
 
 
 @dataclass(frozen=True)
@@ -67,20 +68,20 @@ def momentum_rule(q, k, w, eta, alpha, mu, s0, m0, *, dgd: bool):
     Without momentum a token would move the state by delta_t = (alpha_t - 1) S_{t-1}
     - eta_t k_t k_t^T S_{t-1} + eta_t k_t w_t^T; with it, m_t = mu m_{t-1} + delta_t and
     S_t = S_{t-1} + m_t (mu = 0 gives the plain rule back). Reads are S_{t-1}^T q_t.
-    Shapes as `dgd_rule`; mu: [G] per group. Returns (o, S_T, m_T).
+    Shapes as `dgd_rule_one_chunk` (head-major); mu: [G] per group. Returns (o, S_T, m_T).
     """
     s, m, outputs = s0, m0, []
     mu = mu.view(1, -1, 1, 1)
-    for t in range(k.shape[1]):
-        kt, wt = k[:, t], w[:, t]
-        outputs.append(torch.einsum("bgk,bgkv->bgv", q[:, t], s))
-        a, e = alpha[:, t, :, None, None], eta[:, t, :, None, None]
+    for t in range(k.shape[2]):
+        kt, wt = k[:, :, t], w[:, :, t]
+        outputs.append(torch.einsum("bgk,bgkv->bgv", q[:, :, t], s))
+        a, e = alpha[:, :, t, None, None], eta[:, :, t, None, None]
         delta = (a - 1) * s + e * kt[..., :, None] * wt[..., None, :]
         if dgd:
             delta = delta - e * kt[..., :, None] * torch.einsum("bgk,bgkv->bgv", kt, s)[..., None, :]
         m = mu * m + delta
         s = s + m
-    return torch.stack(outputs, dim=1), s, m
+    return torch.stack(outputs, dim=2), s, m
 
 
 class MemoryBank(nn.Module):
@@ -98,9 +99,9 @@ class MemoryBank(nn.Module):
         if self.rule.stop_grad_writes:
             k, w, eta, alpha = k.detach(), w.detach(), eta.detach(), alpha.detach()
         if not self.rule.momentum:
-            # One semantic chunk per call. The layer keeps eta, alpha in range and checks its
-            # results for NaN/inf itself, so the op's per-call value scans are skipped.
-            o, s = dgd_rule(q, k, w, eta, alpha, s, chunk_size=max(1, k.shape[1]), dgd=dgd, check_values=False)
+            # One semantic chunk per call; the layer keeps eta, alpha in range and checks its
+            # own results for NaN/inf, so the unchecked per-chunk body is enough.
+            o, s = dgd_rule_one_chunk(q, k, w, eta, alpha, s, dgd=dgd)
             return o, s, m
         return momentum_rule(q, k, w, eta, alpha, torch.sigmoid(self.momentum_logit), s, m, dgd=dgd)
 
@@ -117,7 +118,7 @@ class LinearMemory(MemoryBank):
         return state
 
     def read(self, state, z: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bngk,bgkv->bngv", z, state["s"])
+        return z @ state["s"]
 
     def chunk_update(self, state, keys, targets, eta, alpha, queries):
         s = state["s"]
@@ -141,17 +142,16 @@ class MLPMemory(MemoryBank):
         return state
 
     def read(self, state, z: torch.Tensor) -> torch.Tensor:
-        hidden = F.silu(torch.einsum("bngd,bgdh->bngh", z, state["s2"]))
-        return z + torch.einsum("bngh,bghd->bngd", hidden, state["s1"])
+        return z + F.silu(z @ state["s2"]) @ state["s1"]
 
     def chunk_update(self, state, keys, targets, eta, alpha, queries):
         s2, s1 = state["s2"], state["s1"]
         # Backprop of 1/2 ||k + W1 silu(W2 k) - v_hat||^2 at the chunk-start weights, by hand:
         # errors per token, so each token's gradient is rank one (E A^T for W1, D k^T for W2).
-        z = torch.einsum("bngd,bgdh->bngh", keys, s2)
+        z = keys @ s2
         a = F.silu(z)
-        err = keys + torch.einsum("bngh,bghd->bngd", a, s1) - targets
-        hidden_err = torch.einsum("bngd,bghd->bngh", err, s1) * silu_grad(z)
+        err = keys + a @ s1 - targets
+        hidden_err = (err @ s1.transpose(-1, -2)) * silu_grad(z)
         # W2 (input side) gets the DGD factor; its reads give the hidden pre-activations of
         # the queries, whose silu are the queries of W1 (plain retention, no DGD).
         z_q, s2, m2 = self._write(queries, keys, -hidden_err, eta, alpha, s2, state.get("m2"), dgd=self.rule.dgd)

@@ -158,44 +158,49 @@ class SelfModifyingTitans(nn.Module):
         self.carried = None
 
     # ----------------------------------------------------------------- chunked forward
+    # Head-major inside: tokens [B, H, T, dh], rates [B, H, T] (memory.py's layout).
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         opts, (b, t, _) = self.options, x.shape
-        z = self.projected_inputs(x)
         states = self.start_states(b)
-        k, v, q, eta, alpha, states["proj"] = self.generate(z, states["proj"])
+        k, v, q, eta, alpha, states["proj"] = self.generate(self.projected_inputs(x), states["proj"])
         outputs, main = [], states["main"]
         for start in range(0, t, opts.chunk_mem):
-            chunk = slice(start, start + opts.chunk_mem)
-            targets = self.main_memory.read(main, v[:, chunk])
-            main, o = self.main_memory.chunk_update(main, k[:, chunk], targets, eta[:, chunk], alpha[:, chunk], q[:, chunk])
+            c = slice(start, start + opts.chunk_mem)
+            targets = self.main_memory.read(main, v[:, :, c])
+            main, o = self.main_memory.chunk_update(main, k[:, :, c], targets, eta[:, :, c], alpha[:, :, c], q[:, :, c])
             outputs.append(o)
-        o = torch.cat(outputs, dim=1)
-        self.check_finite(k=k, v=v, eta=eta, alpha=alpha, read=o)
+        o = torch.cat(outputs, dim=2).transpose(1, 2)  # [B, T, H, dh]
+        self.check_finite(k=k.transpose(1, 2), v=v.transpose(1, 2), eta=eta.transpose(1, 2),
+                          alpha=alpha.transpose(1, 2), read=o)
         if self.training and self.reset_policy != "example":
             self.carry_over({"proj": states["proj"], "main": main})
         return self.output(o, x)
 
     def generate(self, z: torch.Tensor, state):
-        """k, v, q, eta, alpha for the whole sequence, chunk by chunk, advancing the projection memories."""
+        """k, v, q [B, H, T, dh] and eta, alpha [B, H, T] from `projected_inputs` z, chunk by
+        chunk, advancing the projection memories; also returns their final state."""
         opts, adaptive = self.options, self.options.adaptive
-        idx = [PROJECTIONS.index(p) for p in adaptive]
-        n_mem, pieces = len(adaptive), []
-        for start in range(0, z.shape[1], opts.chunk_other):
-            zc = z[:, start:start + opts.chunk_other]
-            b, n, _, h, dh = zc.shape
-            read = self.proj_memory.read(state, zc[:, :, idx].reshape(b, n, n_mem * h, dh)).view(b, n, n_mem, h, dh)
-            made = {p: read[:, :, adaptive.index(p)] if p in adaptive else zc[:, :, PROJECTIONS.index(p)] for p in PROJECTIONS}
+        n_mem, (b, t, _, h, dh) = len(adaptive), z.shape
+        z = z.permute(0, 2, 3, 1, 4)  # [B, 5, H, T, dh]
+        inputs = z[:, [PROJECTIONS.index(p) for p in adaptive]].reshape(b, n_mem * h, t, dh)
+        pieces = []
+        for start in range(0, t, opts.chunk_other):
+            c = slice(start, start + opts.chunk_other)
+            read = self.proj_memory.read(state, inputs[:, :, c]).view(b, n_mem, h, -1, dh)
+            made = {p: read[:, adaptive.index(p)] if p in adaptive else z[:, PROJECTIONS.index(p), :, c]
+                    for p in PROJECTIONS}
             k, q = F.normalize(made["k"], dim=-1), F.normalize(made["q"], dim=-1)
             v = F.normalize(made["v"], dim=-1)  # unit values: see the module docstring
-            eta, alpha = self.rates(made["eta"], made["alpha"])
+            eta, alpha = self.rates(made["eta"].transpose(1, 2), made["alpha"].transpose(1, 2))
+            eta, alpha = eta.transpose(1, 2), alpha.transpose(1, 2)
             # Every projection memory learns (k -> its own reading of v), Eq. 84-85.
-            keys = k.repeat(1, 1, n_mem, 1)
-            targets = self.proj_memory.read(state, v.repeat(1, 1, n_mem, 1))
+            keys = k.repeat(1, n_mem, 1, 1)
+            targets = self.proj_memory.read(state, v.repeat(1, n_mem, 1, 1))
             state, _ = self.proj_memory.chunk_update(
-                state, keys, targets, eta.repeat(1, 1, n_mem), alpha.repeat(1, 1, n_mem), keys
+                state, keys, targets, eta.repeat(1, n_mem, 1), alpha.repeat(1, n_mem, 1), keys
             )
             pieces.append((k, v, q, eta, alpha))
-        k, v, q, eta, alpha = (torch.cat(parts, dim=1) for parts in zip(*pieces, strict=True))
+        k, v, q, eta, alpha = (torch.cat(parts, dim=2) for parts in zip(*pieces, strict=True))
         return k, v, q, eta, alpha, state
 
     def check_finite(self, **tensors: torch.Tensor) -> None:
