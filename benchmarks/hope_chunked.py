@@ -64,8 +64,8 @@ def main() -> int:
         x = torch.randn(batch, T, d)
         with torch.no_grad():
             gap = (layer(x) - naive_titans(layer, x)).abs().max().item()
-            chunked = median_seconds(lambda: layer(x), args.repeats)
-            naive = median_seconds(lambda: naive_titans(layer, x), args.repeats)
+            chunked = median_seconds(lambda layer=layer, x=x: layer(x), args.repeats)
+            naive = median_seconds(lambda layer=layer, x=x: naive_titans(layer, x), args.repeats)
         rows.append((label, batch, heads, memory, f"{c_other}/{c_mem}", naive, chunked, naive / chunked, gap))
         print(f"{label:45s} naive {naive * 1e3:8.1f} ms  chunked {chunked * 1e3:7.1f} ms  {naive / chunked:5.1f}x  max|diff| {gap:.1e}")
     met = rows[0][7] >= TARGET
