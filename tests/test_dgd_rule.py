@@ -185,9 +185,9 @@ def test_bad_shapes_and_options_rejected():
     with pytest.raises(ValueError, match=r"chunk_size must be a positive int; got 0"):
         dgd_rule_chunk(q, k, w, eta, alpha, s0, chunk_size=0)
     with pytest.raises(
-        ValueError, match=r"impl must be one of 'auto', 'naive', 'chunk'; got 'triton'"
+        ValueError, match=r"impl must be one of 'auto', 'naive', 'chunk', 'triton'; got 'cuda'"
     ):
-        dgd_rule(q, k, w, eta, alpha, s0, impl="triton")
+        dgd_rule(q, k, w, eta, alpha, s0, impl="cuda")
 
 
 def test_chunk_states():

@@ -3,12 +3,19 @@
     S_t = alpha_t S_{t-1} - eta_t k_t (k_tᵀ S_{t-1}) [if dgd] + eta_t k_t w_tᵀ
     o_t = S_{t-1}ᵀ q_t (read_before_write) or S_tᵀ q_t
 
-`naive.py` is the token-loop reference, `chunk.py` the chunked closed form. The
+`naive.py` is the token-loop reference, `chunk.py` the chunked closed form and
+`triton.py` the Triton forward kernel (backward by recompute through `chunk.py`). The
 chunk-start correction of HOPE (w = v̂ - S̄ᵀ k) is not part of the op: callers pass
 the already-corrected w.
+
+`triton.py` is imported lazily, on the first call that picks it: TRITON_INTERPRET
+is read when its kernel is decorated, so importing this package must not fix it.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import torch
 
@@ -17,7 +24,9 @@ from .naive import dgd_rule_naive
 
 __all__ = ["dgd_rule", "dgd_rule_chunk", "dgd_rule_naive", "dgd_rule_one_chunk"]
 
-IMPLS = ("auto", "naive", "chunk")
+IMPLS = ("auto", "naive", "chunk", "triton")
+KERNELS_ENV = "CLBENCH_KERNELS"  # overrides impl="auto": "auto", "triton" or "reference"
+KERNELS_ENV_VALUES = ("auto", "triton", "reference")
 
 
 def dgd_rule(
@@ -36,26 +45,45 @@ def dgd_rule(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatch to an implementation; returns (o [B, T, H, V], S_T [B, H, K, V]).
 
-    impl: "naive" (token loop), "chunk" (chunked PyTorch) or "auto". "auto" is
-    "chunk" for now; once the Triton kernel lands it will pick Triton for CUDA
-    tensors and keep "chunk" on CPU. chunk_size is ignored by "naive".
-    check_values=False skips the NaN/inf and gate-range scans of "chunk" (see there).
+    impl: "naive" (token loop), "chunk" (chunked PyTorch), "triton" (Triton forward,
+    autograd backward through "chunk"; CUDA tensors, or CPU under TRITON_INTERPRET=1)
+    or "auto": "triton" for CUDA tensors when triton is installed (fp64 stays on
+    "chunk": the kernel computes in fp32), else "chunk". The environment variable
+    CLBENCH_KERNELS overrides "auto": "triton" forces the kernel, "reference" forces
+    "chunk" (for debugging), "auto" (or unset) keeps the rule above.
+    chunk_size only tiles the computation and is ignored by "naive".
+    check_values=False skips the NaN/inf and gate-range scans (see `dgd_rule_chunk`).
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
+    impl = resolve_impl(impl, q)
     if impl == "naive":
         return dgd_rule_naive(q, k, w, eta, alpha, s0, dgd=dgd, read_before_write=read_before_write)
-    # "auto" and "chunk" both land here until the Triton kernel exists; "auto" will then
-    # route CUDA tensors to it (with "chunk" kept as the CPU path and for debugging).
-    return dgd_rule_chunk(
-        q,
-        k,
-        w,
-        eta,
-        alpha,
-        s0,
-        chunk_size=chunk_size,
-        dgd=dgd,
-        read_before_write=read_before_write,
-        check_values=check_values,
-    )
+    flags = {"dgd": dgd, "read_before_write": read_before_write, "chunk_size": chunk_size}
+    if impl == "triton":
+        from .triton import dgd_rule_triton
+
+        return dgd_rule_triton(q, k, w, eta, alpha, s0, **flags, check_values=check_values)
+    return dgd_rule_chunk(q, k, w, eta, alpha, s0, **flags, check_values=check_values)
+
+
+def resolve_impl(impl: str, q: torch.Tensor) -> str:
+    """The implementation `dgd_rule` runs for `impl` and tensors like q: "naive", "chunk" or "triton"."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
+    if impl != "auto":
+        return impl
+    choice = os.environ.get(KERNELS_ENV, "auto") or "auto"
+    if choice not in KERNELS_ENV_VALUES:
+        raise ValueError(
+            f"{KERNELS_ENV} must be one of {', '.join(map(repr, KERNELS_ENV_VALUES))}; got {choice!r}"
+        )
+    if choice == "reference":
+        return "chunk"
+    if choice == "triton":
+        return "triton"
+    on_gpu = q.is_cuda and q.dtype != torch.float64
+    return "triton" if on_gpu and _triton_installed() else "chunk"
+
+
+def _triton_installed() -> bool:
+    # find_spec instead of an import: importing triton is slow and not needed to decide.
+    return importlib.util.find_spec("triton") is not None
