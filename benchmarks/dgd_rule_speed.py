@@ -23,9 +23,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # runs from a checkout even before `pip install -e .`
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from clbench.kernels.dgd_rule import dgd_rule  # noqa: E402
+from clbench.kernels.dgd_rule.testing import random_inputs  # noqa: E402
 
 SHAPES = [(8, 64, 4, 16, 16), (8, 256, 4, 16, 16)]  # B, T, H, K, V
 CHUNK = 16
@@ -34,15 +34,7 @@ IMPLS = ("naive", "chunk")
 
 
 def make_inputs(B: int, T: int, H: int, K: int, V: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return [
-        torch.randn(B, T, H, K, generator=g),
-        F.normalize(torch.randn(B, T, H, K, generator=g), dim=-1),
-        torch.randn(B, T, H, V, generator=g),
-        0.5 * torch.rand(B, T, H, generator=g),
-        1 - 0.5 * torch.rand(B, T, H, generator=g),
-        torch.randn(B, H, K, V, generator=g),
-    ]
+    return list(random_inputs(B, T, H, K, V, dtype=torch.float32))
 
 
 def median_ms(fn: Callable[[], None]) -> float:

@@ -53,3 +53,15 @@ def _offline_and_private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CLBENCH_OFFLINE", "1")
     monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "clbench_cache"))
 
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: with two intra-op threads on a shared 2-core machine, thread hand-offs
+    cost far more than the maths (a 38k-parameter backward took 0.6 s instead of 1 ms)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -33,14 +33,7 @@ PMNIST_INFO = ScenarioInfo("pmnist", "domain_il", 3, 10, (1, 28, 28), [list(rang
 MR = "plugin.cms_multirate."
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: with two intra-op threads on a shared 2-core machine, thread hand-offs cost
-    # far more than the maths (a 38k-parameter backward took 0.6 s instead of 1 ms).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cfg(strategy="naive", **overrides):

@@ -10,20 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from clbench.kernels.dgd_rule import dgd_rule, dgd_rule_chunk, dgd_rule_naive
+from clbench.kernels.dgd_rule.testing import random_inputs
 
 F64 = torch.float64
 
 
 def make_inputs(B=2, T=7, H=2, K=4, V=3, seed=0, alpha_low=0.5, dtype=F64):
-    """Random inputs: alpha in (alpha_low, 1], eta in [0, 0.5), l2-normalised k."""
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, T, H, K, generator=g, dtype=dtype)
-    k = F.normalize(torch.randn(B, T, H, K, generator=g, dtype=dtype), dim=-1)
-    w = torch.randn(B, T, H, V, generator=g, dtype=dtype)
-    eta = 0.5 * torch.rand(B, T, H, generator=g, dtype=dtype)
-    alpha = 1 - (1 - alpha_low) * torch.rand(B, T, H, generator=g, dtype=dtype)
-    s0 = torch.randn(B, H, K, V, generator=g, dtype=dtype)
-    return q, k, w, eta, alpha, s0
+    return random_inputs(B, T, H, K, V, seed=seed, alpha_low=alpha_low, dtype=dtype)
 
 
 def assert_close(a, b, tol=1e-10):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 import clbench.kernels.dgd_rule as dgd_pkg
 from clbench.kernels.dgd_rule import dgd_rule, dgd_rule_chunk, resolve_impl
+from clbench.kernels.dgd_rule.testing import random_inputs
 
 pytestmark = [
     pytest.mark.cpu_interpreter,
@@ -58,15 +59,7 @@ FORWARD_CASES["T3-one-partial-chunk"] = {"T": 3, "chunk_size": 16, "read_before_
 
 
 def make_inputs(B=2, T=21, H=2, K=5, V=7, seed=0, alpha_low=0.5, dtype=torch.float32):
-    """Random inputs: alpha in (alpha_low, 1], eta in [0, 0.5), l2-normalised k."""
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, T, H, K, generator=g, dtype=dtype)
-    k = F.normalize(torch.randn(B, T, H, K, generator=g, dtype=dtype), dim=-1)
-    w = torch.randn(B, T, H, V, generator=g, dtype=dtype)
-    eta = 0.5 * torch.rand(B, T, H, generator=g, dtype=dtype)
-    alpha = 1 - (1 - alpha_low) * torch.rand(B, T, H, generator=g, dtype=dtype)
-    s0 = torch.randn(B, H, K, V, generator=g, dtype=dtype)
-    return q, k, w, eta, alpha, s0
+    return random_inputs(B, T, H, K, V, seed=seed, alpha_low=alpha_low, dtype=dtype)
 
 
 # ---- run in the subprocess, under TRITON_INTERPRET=1 -------------------------------

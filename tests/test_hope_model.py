@@ -20,12 +20,7 @@ TEXT = ScenarioInfo("clinc", "class_il", 5, 150, (32,), [list(range(30))] * 5, e
 TINY = {"scenario.n_experiences": 2, "scenario.train_per_exp": 64, "scenario.test_per_exp": 48}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("info, args, x, tokens", [
