@@ -1,0 +1,237 @@
+"""Speed of the Triton kernels against their PyTorch references (K1 dgd_rule, K3 cms_step).
+
+K1, gated DGD rule (`clbench.kernels.dgd_rule`), fp32, chunk size 16, DGD term on, read
+before write: the chunked reference, `torch.compile` of it, and the Triton forward (its
+backward recomputes through the reference), forward only and forward + backward.
+K3, CMS accumulate-and-step (`clbench.kernels.cms_step`), fp32: 4 equal levels, each one
+MLP block (fc1, fc2 with biases), stepped with SGD+momentum and with AdamW; "accumulate" is
+a not-due step of all levels, "due" a step where all levels update, and "per iter" the
+mean cost of one iteration when the levels have periods 1, 4, 16 and 64.
+
+Sizes: CUDA B=8, T=2048, H=8, K=V=64 and 10M CMS parameters; CPU (`--cpu-small`, the
+default without CUDA) T=256 and 1M parameters. Timing: `triton.testing.do_bench` (median)
+on CUDA, the median of perf_counter runs on CPU. Throughput uses fixed counts for every
+implementation: K1 forward FLOPs of the chunk algorithm per (b, h, token),
+4CK + 3CV + 6KV (QKᵀ and KKᵀ in the chunk, the triangular solve, the three state matmuls),
+fwd+bwd counted as 3x forward; K3 bytes that the fused kernel must move per element
+(accumulate 12 B; due SGD+momentum 28 B, Adam 36 B).
+
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/kernels.py   # writes benchmarks/kernels.md
+    python benchmarks/kernels.py --compile on                     # also torch.compile on CPU (slow)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # runs from a checkout even before `pip install -e .`
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from clbench.kernels.cms_step import FlatLevel, Rule, cms_step  # noqa: E402
+from clbench.kernels.dgd_rule import dgd_rule, dgd_rule_chunk  # noqa: E402
+
+CHUNK = 16
+K3_RULES = {
+    "sgd+momentum": (Rule("sgd", lr=0.01, momentum=0.9, weight_decay=1e-4), 28),
+    "adamw": (Rule("adamw", lr=1e-3, weight_decay=1e-2), 36),
+}
+PERIODS = (1, 4, 16, 64)
+
+
+def timer(device: str, runs: int) -> Callable[[Callable[[], object]], float]:
+    """Median milliseconds of fn()."""
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        return lambda fn: do_bench(fn, return_mode="median")
+
+    def cpu_ms(fn):
+        fn()  # warm-up
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return 1000 * statistics.median(times)
+
+    return cpu_ms
+
+
+# ---- K1 ------------------------------------------------------------------------------
+
+
+def k1_rows(device: str, shape: tuple[int, ...], compile_: bool, ms) -> list[tuple]:
+    B, T, H, K, V = shape
+    g = torch.Generator().manual_seed(0)
+    inputs = [
+        torch.randn(B, T, H, K, generator=g),
+        F.normalize(torch.randn(B, T, H, K, generator=g), dim=-1),
+        torch.randn(B, T, H, V, generator=g),
+        0.5 * torch.rand(B, T, H, generator=g),
+        1 - 0.5 * torch.rand(B, T, H, generator=g),
+        torch.randn(B, H, K, V, generator=g),
+    ]
+    inputs = [x.to(device) for x in inputs]
+    impls: dict[str, Callable] = {
+        "chunk": lambda *x: dgd_rule_chunk(*x, chunk_size=CHUNK, check_values=False)
+    }
+    if compile_:
+        impls["chunk + torch.compile"] = torch.compile(impls["chunk"])
+    if device == "cuda":
+        impls["triton"] = lambda *x: dgd_rule(
+            *x, chunk_size=CHUNK, impl="triton", check_values=False
+        )
+    flops = B * H * T * (4 * CHUNK * K + 3 * CHUNK * V + 6 * K * V)
+    rows = []
+    for name, fn in impls.items():
+        leaves = [x.clone().requires_grad_() for x in inputs]
+
+        def forward(fn=fn):
+            with torch.no_grad():
+                fn(*inputs)
+
+        def forward_backward(fn=fn, leaves=leaves):
+            o, s = fn(*leaves)
+            (o.sum() + s.sum()).backward()
+            for x in leaves:
+                x.grad = None
+
+        for mode, run, n_flops in (
+            ("fwd", forward, flops),
+            ("fwd+bwd", forward_backward, 3 * flops),
+        ):
+            try:
+                t = ms(run)
+                rows.append(("K1", name, mode, t, f"{n_flops / t / 1e6:.1f} GFLOP/s"))
+            except Exception as err:  # torch.compile may fail on some setups: report it
+                rows.append(("K1", name, mode, None, f"failed: {type(err).__name__}"))
+    return rows
+
+
+# ---- K3 ------------------------------------------------------------------------------
+
+
+def block_shapes(width: int, hidden: int) -> list[tuple[int, ...]]:
+    return [(hidden, width), (hidden,), (width, hidden), (width,)]
+
+
+def k3_rows(device: str, width: int, hidden: int, ms) -> list[tuple]:
+    shapes = block_shapes(width, hidden)
+    n_params = 4 * sum(torch.Size(s).numel() for s in shapes)
+    g = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(s, generator=g).to(device) for s in shapes] for _ in range(4)]
+    impls = ["naive", "chunk"] if device == "cpu" else ["chunk", "triton"]
+    rows = []
+    for rule_name, (rule, due_bytes) in K3_RULES.items():
+        for impl in impls:
+            levels = [
+                FlatLevel([torch.randn(s, generator=g).to(device) for s in shapes], rule, bind=True)
+                for _ in range(4)
+            ]
+
+            def step(due: bool, levels=levels, impl=impl):
+                for level, level_grads in zip(levels, grads, strict=True):
+                    cms_step(level, level_grads, due=due, inv_count=0.25, impl=impl)
+
+            t_acc, t_due = ms(lambda: step(False)), ms(lambda: step(True))
+            # levels of equal size: level l adds its update cost once every PERIODS[l] steps
+            t_iter = t_acc + (t_due - t_acc) * sum(1 / p for p in PERIODS) / len(PERIODS)
+            gbs = [n_params * b / t / 1e6 for b, t in ((12, t_acc), (due_bytes, t_due))]
+            label = f"{rule_name}, {n_params / 1e6:.1f}M params"
+            rows.append(("K3", impl, f"{label}: accumulate", t_acc, f"{gbs[0]:.1f} GB/s"))
+            rows.append(("K3", impl, f"{label}: due", t_due, f"{gbs[1]:.1f} GB/s"))
+            rows.append(("K3", impl, f"{label}: per iter (1/4/16/64)", t_iter, ""))
+    return rows
+
+
+# ---- report --------------------------------------------------------------------------
+
+
+def machine_info(device: str) -> str:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    info = (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), "
+        f"load average (1/5/15 min) at the end: {load}"
+    )
+    try:
+        import triton
+
+        info += f", triton {triton.__version__}"
+    except ImportError:
+        info += ", triton not installed"
+    if device == "cuda":
+        info = f"GPU: {torch.cuda.get_device_name()}; " + info
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cpu-small", action="store_true", help="CPU sizes (default without CUDA)")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                        help="time torch.compile of the K1 reference; auto = only on CUDA")  # fmt: skip
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per cell on CPU")
+    parser.add_argument("--out", type=Path, default=HERE / "kernels.md")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() and not args.cpu_small else "cpu"
+    small = device == "cpu"
+    compile_ = args.compile == "on" or (args.compile == "auto" and device == "cuda")
+    k1_shape = (8, 256 if small else 2048, 8, 64, 64)
+    width, hidden = (256, 488) if small else (1024, 1220)  # 4 levels: 1.0M or 10.0M params
+    ms = timer(device, args.runs)
+
+    rows = k1_rows(device, k1_shape, compile_, ms) + k3_rows(device, width, hidden, ms)
+    lines = ["| kernel | impl | case | median ms | throughput |", "|---|---|---|---|---|"]
+    for kernel, impl, case, t, rate in rows:
+        lines.append(
+            f"| {kernel} | {impl} | {case} | {'—' if t is None else f'{t:.3f}'} | {rate} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+
+    B, T, H, K, V = k1_shape
+    note = (
+        "GPU numbers are not yet measured: this run had no CUDA device, so only the reference "
+        "paths appear (Triton rows need CUDA).\n"
+        if device == "cpu"
+        else ""
+    )
+    if device == "cpu" and not compile_:
+        note += (
+            "torch.compile rows skipped (pass `--compile on`; compiling takes minutes on CPU).\n"
+        )
+    cmd = (
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} python benchmarks/kernels.py "
+        + " ".join(sys.argv[1:])
+    )
+    args.out.write_text(
+        f"""# Kernel speed (benchmarks/kernels.py)
+
+{datetime.now(timezone.utc).isoformat(timespec="seconds")}, device {device}, fp32.
+K1: B={B}, T={T}, H={H}, K={K}, V={V}, chunk {CHUNK}. K3: 4 levels, block {width}->{hidden}->{width}.
+Median ms ({"triton.testing.do_bench" if device == "cuda" else f"perf_counter, {args.runs} runs after a warm-up"});
+throughput from fixed counts (see the script's docstring), so rows of one case compare directly.
+
+Machine: {machine_info(device)}.
+
+Command: `{cmd.strip()}`
+
+{note}
+{table}
+"""
+    )
+
+
+if __name__ == "__main__":
+    main()
