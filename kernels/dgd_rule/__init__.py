@@ -19,10 +19,10 @@ import os
 
 import torch
 
-from .chunk import dgd_rule_chunk, dgd_rule_one_chunk
+from .chunk import ChunkGates, chunk_gates, dgd_rule_chunk, dgd_rule_one_chunk
 from .naive import dgd_rule_naive
 
-__all__ = ["dgd_rule", "dgd_rule_chunk", "dgd_rule_naive", "dgd_rule_one_chunk"]
+__all__ = ["dgd_rule", "dgd_rule_chunk", "dgd_rule_naive", "dgd_rule_one_chunk", "chunk_gates", "ChunkGates"]
 
 IMPLS = ("auto", "naive", "chunk", "triton")
 KERNELS_ENV = "CLBENCH_KERNELS"  # overrides impl="auto": "auto", "triton" or "reference"

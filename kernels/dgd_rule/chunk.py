@@ -35,7 +35,9 @@ decay the state, so the final state is unchanged; their outputs are trimmed off.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +144,33 @@ def _masked_ratio(
     return diff.masked_fill(~mask, float("-inf")).exp()
 
 
+class ChunkGates(NamedTuple):
+    """The retention products of one chunk, shared by every write that uses the same alpha."""
+
+    gamma_prev: torch.Tensor  # [B, H, C, 1]: Γ_{t-1}
+    decay_prev: torch.Tensor  # [B, H, C, C]: Γ_{t-1}/Γ_i for i < t, else 0
+    end_ratio: torch.Tensor  # [B, H, C, 1]: Γ_C/Γ_i
+    gamma_end: torch.Tensor  # [B, H, 1, 1]: Γ_C
+
+
+@functools.lru_cache(maxsize=64)
+def _strictly_lower(C: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(C, C, dtype=torch.bool, device=device).tril(-1)
+
+
+def chunk_gates(alpha: torch.Tensor) -> ChunkGates:
+    """Gates of one chunk from alpha [B, H, C] (log space, masked before the exp)."""
+    log_gamma = torch.log(alpha).cumsum(-1)  # log Γ_t
+    log_gamma_prev = F.pad(log_gamma[..., :-1], (1, 0))  # log Γ_{t-1}, exact
+    decay_prev = _masked_ratio(log_gamma_prev, log_gamma, _strictly_lower(alpha.shape[-1], alpha.device))
+    return ChunkGates(
+        gamma_prev=log_gamma_prev.exp()[..., None],
+        decay_prev=decay_prev,
+        end_ratio=(log_gamma[..., -1:] - log_gamma).exp()[..., None],
+        gamma_end=log_gamma[..., -1].exp()[..., None, None],
+    )
+
+
 def dgd_rule_one_chunk(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -151,6 +180,7 @@ def dgd_rule_one_chunk(
     s0: torch.Tensor,
     *,
     dgd: bool = True,
+    gates: ChunkGates | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk of the rule in head-major layout, read before write, without input checks.
 
@@ -158,25 +188,20 @@ def dgd_rule_one_chunk(
     Returns (o [B, H, C, V], S_C). The same closed form as `dgd_rule_chunk` with a single
     chunk, minus its layout changes, padding and value scans: the per-chunk body for a
     caller that recomputes its inputs at every chunk start (HOPE's memories, where w
-    depends on the chunk-start state) and checks its own results.
+    depends on the chunk-start state) and checks its own results. With the start state
+    known, the right-hand side diag(eta)(W - diag(Γ_{t-1}) K S̄) is formed directly (one
+    solve with V columns). `gates` (from `chunk_gates(alpha)`) may be passed when several
+    writes share alpha.
     """
-    C = k.shape[-2]
-    log_gamma = torch.log(alpha).cumsum(-1)  # log Γ_t
-    log_gamma_prev = F.pad(log_gamma[..., :-1], (1, 0))  # log Γ_{t-1}, exact
-    strict = torch.ones(C, C, dtype=torch.bool, device=k.device).tril(-1)
-    decay_prev = _masked_ratio(log_gamma_prev, log_gamma, strict)  # Γ_{t-1}/Γ_i, i < t
-    gamma_prev = log_gamma_prev.exp()[..., None]
+    g = gates if gates is not None else chunk_gates(alpha)
+    eta_col = eta[..., None]
     if dgd:
-        eta_col = eta[..., None]
-        lower = eta_col * decay_prev * (k @ k.transpose(-1, -2))
-        eye = torch.eye(C, dtype=k.dtype, device=k.device)
-        rhs = torch.cat([eta_col * w, eta_col * gamma_prev * k], dim=-1)
-        solved = torch.linalg.solve_triangular(eye + lower, rhs, upper=False, unitriangular=True)
-        u_free, u_state = solved.split([w.shape[-1], k.shape[-1]], dim=-1)
-        u = u_free - u_state @ s0
+        lower = eta_col * g.decay_prev * (k @ k.transpose(-1, -2))  # zero diagonal
+        rhs = eta_col * (w - g.gamma_prev * (k @ s0))
+        # unitriangular: the solver takes the diagonal as ones and never reads it.
+        u = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
     else:
-        u = eta[..., None] * w
-    o = (gamma_prev * q) @ s0 + ((q @ k.transpose(-1, -2)) * decay_prev) @ u
-    k_end = (log_gamma[..., -1:] - log_gamma).exp()[..., None] * k  # (Γ_C/Γ_i) k_i
-    state = log_gamma[..., -1].exp()[..., None, None] * s0 + k_end.transpose(-1, -2) @ u
+        u = eta_col * w
+    o = (g.gamma_prev * q) @ s0 + ((q @ k.transpose(-1, -2)) * g.decay_prev) @ u
+    state = g.gamma_end * s0 + (g.end_ratio * k).transpose(-1, -2) @ u
     return o, state

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clbench.kernels.dgd_rule import dgd_rule_one_chunk
+from clbench.kernels.dgd_rule import chunk_gates, dgd_rule_one_chunk
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,20 @@ class MemoryBank(nn.Module):
         # Titans makes it data-dependent, the paper does not say [U].
         self.momentum_logit = nn.Parameter(torch.zeros(groups)) if rule.momentum else None
 
-    def _write(self, q, k, w, eta, alpha, s, m, *, dgd: bool):
+    def _gates(self, alpha):
+        """Retention products of a chunk, computed once for all of a memory's writes."""
+        if self.rule.momentum:
+            return None  # the token loop uses alpha directly
+        return chunk_gates(alpha.detach() if self.rule.stop_grad_writes else alpha)
+
+    def _write(self, q, k, w, eta, alpha, s, m, *, dgd: bool, gates=None):
         """Advance one state matrix over a chunk; returns (reads S_{t-1}^T q_t, S, momentum)."""
         if self.rule.stop_grad_writes:
             k, w, eta, alpha = k.detach(), w.detach(), eta.detach(), alpha.detach()
         if not self.rule.momentum:
             # One semantic chunk per call; the layer keeps eta, alpha in range and checks its
             # own results for NaN/inf, so the unchecked per-chunk body is enough.
-            o, s = dgd_rule_one_chunk(q, k, w, eta, alpha, s, dgd=dgd)
+            o, s = dgd_rule_one_chunk(q, k, w, eta, alpha, s, dgd=dgd, gates=gates)
             return o, s, m
         return momentum_rule(q, k, w, eta, alpha, torch.sigmoid(self.momentum_logit), s, m, dgd=dgd)
 
@@ -154,8 +160,9 @@ class MLPMemory(MemoryBank):
         hidden_err = (err @ s1.transpose(-1, -2)) * silu_grad(z)
         # W2 (input side) gets the DGD factor; its reads give the hidden pre-activations of
         # the queries, whose silu are the queries of W1 (plain retention, no DGD).
-        z_q, s2, m2 = self._write(queries, keys, -hidden_err, eta, alpha, s2, state.get("m2"), dgd=self.rule.dgd)
-        h_q, s1, m1 = self._write(F.silu(z_q), a, -err, w1_step(eta, a), alpha, s1, state.get("m1"), dgd=False)
+        gates = self._gates(alpha)
+        z_q, s2, m2 = self._write(queries, keys, -hidden_err, eta, alpha, s2, state.get("m2"), dgd=self.rule.dgd, gates=gates)
+        h_q, s1, m1 = self._write(F.silu(z_q), a, -err, w1_step(eta, a), alpha, s1, state.get("m1"), dgd=False, gates=gates)
         new = {"s2": s2, "s1": s1}
         if self.rule.momentum:
             new["m2"], new["m1"] = m2, m1
