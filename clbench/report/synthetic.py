@@ -100,7 +100,7 @@ def synthetic_result(
         "peak_rss_mb": round(1500 + 40 * T + float(rng.uniform(0, 50)), 1),
         "peak_device_mb": 0.0,
         "num_params": 199_210 + (50_000 if strategy == "hope" else 0),
-        "train_samples_per_s": round(5 * 1000 / (0.8 * seconds), 1),
+        "train_samples_per_s": round(5 * 1000 / (0.8 * seconds), 1) if seconds > 0 else None,
         "scenario_info": {"n_classes": 10},
         "env": {"python": "3.11", "device": "cpu", "clbench": "synthetic"},
         "status": "ok",
