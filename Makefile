@@ -37,7 +37,7 @@ bench-full: install
 # The CPU anchors of continual-learning-baselines (suites/anchors/), one-sided bands;
 # writes reports/reproduce/. Add --include-gpu on a GPU machine.
 reproduce: install
-	OMP_NUM_THREADS=1 $(BIN)/clbench reproduce
+	OMP_NUM_THREADS=1 $(BIN)/clbench reproduce --jobs 2
 
 lint: install
 	$(BIN)/ruff check .

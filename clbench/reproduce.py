@@ -295,16 +295,21 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-download", dest="download", action="store_false", default=None,
                    help="never download missing data")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N anchors side by side, each in its own process with one torch thread "
+                        "(default 1: one after another, in this process)")
     return p
 
 
 def cmd_reproduce(args) -> int:
     """Exit 0 only if every anchor that ran passed; 1 if one failed or errored."""
     from clbench.store import check_no_conflicts, read_result, result_path
-    from clbench.suite import cell_ids, run_suite
+    from clbench.suite import cell_ids
 
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"bad --seeds {args.seeds}; must be >= 1")
+    if args.jobs < 1:
+        raise ConfigError(f"bad --jobs {args.jobs}; must be >= 1")
     anchors = load_anchors(args.anchors)
     seeds = list(range(args.seeds)) if args.seeds is not None else None
     cells = {a.name: anchor_cells(a, seeds) for a in anchors}  # validates every anchor first
@@ -320,22 +325,59 @@ def cmd_reproduce(args) -> int:
     _check_devices(chosen)
     for a in chosen:  # a changed anchor must not fail only after an hour of other anchors
         check_no_conflicts(Path(args.out) / a.name, cell_ids(cells[a.name]))
-    results = []
-    for a in chosen:
-        run_dir = Path(args.out) / a.name
-        run_suite(cells[a.name], run_dir, resume=args.resume, data_root=args.data_root,
-                  download=args.download, progress=not args.quiet, suite_name=f"reproduce/{a.name}")
-        stored = [read_result(result_path(run_dir, cid)) for cid in cell_ids(cells[a.name])]
-        r = evaluate(a, stored)
-        results.append(r)
+    results: dict[str, AnchorResult] = {}
+    report = None
+    for a in _run_anchors(chosen, cells, args):
+        stored = [read_result(result_path(Path(args.out) / a.name, cid)) for cid in cell_ids(cells[a.name])]
+        r = results[a.name] = evaluate(a, stored)
         print(f"{r.status} {a.name}: ACC {_fmt(r.mean, 4)} (target {a.target:.2f}, threshold "
-              f"{r.threshold:.2f}) in {_duration(r.seconds)}")
+              f"{r.threshold:.2f}) in {_duration(r.seconds)}", flush=True)
         print("".join(f"  {e}\n" for e in r.errors), end="")
         # Rewritten after every anchor, so an interrupted run still leaves a report.
-        done = {x.name: cells[x.name] for x in chosen[: len(results)]}
-        report = write_report(Path(args.report_dir), anchors, results, done, _command(args))
+        done_in_order = [x for x in chosen if x.name in results]
+        report = write_report(Path(args.report_dir), anchors, [results[x.name] for x in done_in_order],
+                              {x.name: cells[x.name] for x in done_in_order}, _command(args))
     print(f"report: {report}")
-    return 0 if all(r.status == "PASS" for r in results) else 1
+    return 0 if all(r.status == "PASS" for r in results.values()) else 1
+
+
+def _run_anchors(chosen: list[AnchorConfig], cells: dict, args):
+    """Run each chosen anchor's cells; yield each anchor as soon as its cells are stored."""
+    from clbench.suite import run_suite
+
+    def run_one(a: AnchorConfig, progress: bool) -> None:
+        run_suite(cells[a.name], Path(args.out) / a.name, resume=args.resume, data_root=args.data_root,
+                  download=args.download, progress=progress, suite_name=f"reproduce/{a.name}")
+
+    if args.jobs == 1:
+        for a in chosen:
+            run_one(a, progress=not args.quiet)
+            yield a
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from clbench.suite import _worker_init
+
+    # One thread per worker: two 2-thread processes on 2 cores thrash (see CPU budget).
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_worker_init, initargs=([], 1)) as pool:
+        futures = {
+            pool.submit(_run_anchor_in_worker, [c.to_dict() for c in cells[a.name]], str(Path(args.out) / a.name),
+                        args.resume, args.data_root, args.download, f"reproduce/{a.name}"): a
+            for a in chosen
+        }
+        for future in as_completed(futures):
+            future.result()  # a crashed worker surfaces here; failed cells are stored as failed
+            yield futures[future]
+
+
+def _run_anchor_in_worker(cfg_dicts, run_dir, resume, data_root, download, suite_name) -> None:
+    from clbench.config import RunConfig
+    from clbench.suite import run_suite
+
+    run_suite([RunConfig.from_dict(d) for d in cfg_dicts], Path(run_dir), resume=resume, data_root=data_root,
+              download=download, progress=False, suite_name=suite_name)
 
 
 def _check_devices(chosen: list[AnchorConfig]) -> None:

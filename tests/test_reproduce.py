@@ -302,6 +302,20 @@ def test_cmd_reproduce_end_to_end(tmp_path, data_root, capsys):
     assert sorted((tmp_path / "runs").rglob("result.json")) == before
 
 
+def test_jobs_run_anchors_side_by_side_and_report_in_anchor_order(tmp_path, data_root, capsys):
+    anchors = tmp_path / "anchors"
+    anchors.mkdir()
+    write(anchors, "easy", SMOKE_ANCHOR.format(target=0.05, delta=0.03))
+    write(anchors, "impossible", SMOKE_ANCHOR.format(target=1.0, delta=0.0))
+    args = ["--anchors", str(anchors), "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path / "report"),
+            "--data-root", str(data_root), "--no-download", "-q", "--jobs", "2"]
+    assert cmd_reproduce(parse(args)) == 1
+    rows = list(csv.DictReader((tmp_path / "report" / "reproduce.csv").open()))
+    assert [(r["anchor"], r["result"]) for r in rows] == [("easy", "PASS"), ("impossible", "FAIL")]
+    with pytest.raises(ConfigError, match="bad --jobs 0"):
+        cmd_reproduce(parse(args[:-1] + ["0"]))
+
+
 def test_dry_run_runs_nothing(tmp_path, capsys):
     write(tmp_path, "x", MINIMAL)
     runs = tmp_path / "runs"
