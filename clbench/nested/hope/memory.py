@@ -9,6 +9,9 @@ layout makes every read a plain batched matmul):
                            are meta-learned");
 - `read(state, z)`      -> M(z) with the state held fixed, z: [B, G, n, d] (chunk-start reads:
                            generating k, v, q, eta, alpha and the self-generated values);
+- `self_update(state, keys, values, eta, alpha, queries)`: the same with the memory's own
+                           reading of `values` as targets (v_hat = M(v), Eq. 84), fused
+                           with the gradient pass where the memory allows;
 - `chunk_update(state, keys, targets, eta, alpha, queries)` -> (state after the chunk,
                            token-level reads M_{t-1}(q_t)): one chunk of the inner loop.
 
@@ -94,6 +97,10 @@ class MemoryBank(nn.Module):
         # Titans makes it data-dependent, the paper does not say [U].
         self.momentum_logit = nn.Parameter(torch.zeros(groups)) if rule.momentum else None
 
+    def self_update(self, state, keys, values, eta, alpha, queries):
+        """chunk_update with self-generated targets M(values) read at the chunk-start state."""
+        return self.chunk_update(state, keys, self.read(state, values), eta, alpha, queries)
+
     def _gates(self, alpha):
         """Retention products of a chunk, computed once for all of a memory's writes."""
         if self.rule.momentum:
@@ -126,9 +133,16 @@ class LinearMemory(MemoryBank):
     def read(self, state, z: torch.Tensor) -> torch.Tensor:
         return z @ state["s"]
 
+    def self_update(self, state, keys, values, eta, alpha, queries):
+        # M(v) - M(k) = (v - k) S: one matmul for the targets and the gradient together.
+        return self._update(state, keys, (values - keys) @ state["s"], eta, alpha, queries)
+
     def chunk_update(self, state, keys, targets, eta, alpha, queries):
+        return self._update(state, keys, targets - self.read(state, keys), eta, alpha, queries)
+
+    def _update(self, state, keys, w, eta, alpha, queries):
+        """w: the negative inner gradient direction per token, taken at the chunk start."""
         s = state["s"]
-        w = targets - self.read(state, keys)  # -(gradient) direction at the chunk start
         o, s, m = self._write(queries, keys, w, eta, alpha, s, state.get("m"), dgd=self.rule.dgd)
         return ({"s": s, "m": m} if m is not None else {"s": s}), o
 
@@ -150,13 +164,25 @@ class MLPMemory(MemoryBank):
     def read(self, state, z: torch.Tensor) -> torch.Tensor:
         return z + F.silu(z @ state["s2"]) @ state["s1"]
 
+    def self_update(self, state, keys, values, eta, alpha, queries):
+        # One forward pass over keys and values stacked: M(k) for the error, M(v) as targets.
+        n, both = keys.shape[-2], torch.cat([keys, values], dim=-2)
+        z = both @ state["s2"]
+        a = F.silu(z)
+        out = both + a @ state["s1"]
+        err = out[..., :n, :] - out[..., n:, :]
+        return self._update(state, keys, z[..., :n, :], a[..., :n, :], err, eta, alpha, queries)
+
     def chunk_update(self, state, keys, targets, eta, alpha, queries):
+        z = keys @ state["s2"]
+        a = F.silu(z)
+        return self._update(state, keys, z, a, keys + a @ state["s1"] - targets, eta, alpha, queries)
+
+    def _update(self, state, keys, z, a, err, eta, alpha, queries):
+        """z, a: hidden pre-activations and activations of the keys; err = M(k) - v_hat."""
         s2, s1 = state["s2"], state["s1"]
         # Backprop of 1/2 ||k + W1 silu(W2 k) - v_hat||^2 at the chunk-start weights, by hand:
         # errors per token, so each token's gradient is rank one (E A^T for W1, D k^T for W2).
-        z = keys @ s2
-        a = F.silu(z)
-        err = keys + a @ s1 - targets
         hidden_err = (err @ s1.transpose(-1, -2)) * silu_grad(z)
         # W2 (input side) gets the DGD factor; its reads give the hidden pre-activations of
         # the queries, whose silu are the queries of W1 (plain retention, no DGD).

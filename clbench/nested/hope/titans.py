@@ -166,8 +166,7 @@ class SelfModifyingTitans(nn.Module):
         outputs, main = [], states["main"]
         for start in range(0, t, opts.chunk_mem):
             c = slice(start, start + opts.chunk_mem)
-            targets = self.main_memory.read(main, v[:, :, c])
-            main, o = self.main_memory.chunk_update(main, k[:, :, c], targets, eta[:, :, c], alpha[:, :, c], q[:, :, c])
+            main, o = self.main_memory.self_update(main, k[:, :, c], v[:, :, c], eta[:, :, c], alpha[:, :, c], q[:, :, c])
             outputs.append(o)
         o = torch.cat(outputs, dim=2).transpose(1, 2)  # [B, T, H, dh]
         self.check_finite(k=k.transpose(1, 2), v=v.transpose(1, 2), eta=eta.transpose(1, 2),
@@ -195,9 +194,8 @@ class SelfModifyingTitans(nn.Module):
             eta, alpha = eta.transpose(1, 2), alpha.transpose(1, 2)
             # Every projection memory learns (k -> its own reading of v), Eq. 84-85.
             keys = k.repeat(1, n_mem, 1, 1)
-            targets = self.proj_memory.read(state, v.repeat(1, n_mem, 1, 1))
-            state, _ = self.proj_memory.chunk_update(
-                state, keys, targets, eta.repeat(1, n_mem, 1), alpha.repeat(1, n_mem, 1), keys
+            state, _ = self.proj_memory.self_update(
+                state, keys, v.repeat(1, n_mem, 1, 1), eta.repeat(1, n_mem, 1), alpha.repeat(1, n_mem, 1), keys
             )
             pieces.append((k, v, q, eta, alpha))
         k, v, q, eta, alpha = (torch.cat(parts, dim=2) for parts in zip(*pieces, strict=True))
