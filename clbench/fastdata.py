@@ -35,11 +35,11 @@ import os
 
 import numpy as np
 import torch
-from avalanche.benchmarks.utils import data_loader as avalanche_data_loader
 from avalanche.benchmarks.utils import DataAttribute
+from avalanche.benchmarks.utils import data_loader as avalanche_data_loader
 from avalanche.benchmarks.utils.data import AvalancheDataset, _FlatDataWithTransform
-from avalanche.benchmarks.utils.flat_data import ConstantSequence, FlatData
 from avalanche.benchmarks.utils.ffcv_support import ffcv_components
+from avalanche.benchmarks.utils.flat_data import ConstantSequence, FlatData
 from avalanche.benchmarks.utils.transforms import TupleTransform
 from torch.utils.data import ConcatDataset
 

@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 
 from avalanche.models.utils import avalanche_forward
-from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.plugins import EWCPlugin
+from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.utils import zerolike_params_dict
 
 from clbench import fastdata
