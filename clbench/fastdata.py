@@ -134,11 +134,6 @@ def int_values(seq) -> np.ndarray | None:
     return _cached_array(seq, "int_values", build)
 
 
-def _int_attribute_values(da) -> np.ndarray | None:
-    """The attribute as an int array, or None for non-integer attributes (e.g. DER's logits)."""
-    return _cached_array(da, "int_values", lambda: int_values(da))
-
-
 def _gather(dataset: AvalancheDataset, indices) -> list | None:
     """The columns of samples `indices` as whole tensors: [x, y, *getitem attributes].
 
@@ -148,7 +143,7 @@ def _gather(dataset: AvalancheDataset, indices) -> list | None:
     attrs = [da for da in dataset._data_attributes.values() if da.use_in_getitem]
     idx = np.asarray(indices, dtype=np.int64)
     n = len(idx)
-    attr_values = [_int_attribute_values(da) for da in attrs]
+    attr_values = [int_values(da) for da in attrs]  # cached on each attribute's FlatData
     if n == 0 or idx.min() < 0 or idx.max() >= len(dataset) or any(v is None or len(v) != len(dataset) for v in attr_values):
         return None
     leaves: list = []

@@ -37,11 +37,6 @@ from clbench.registry import register_strategy
     description="Continuum Memory System: CMS model, per-level update periods (Naive base)",
 )
 def build(ctx):
-    if any(isinstance(p, MultiRatePlugin) for p in ctx.extra_plugins):
-        raise ConfigError(
-            "strategy 'cms' already applies the multi-rate updates: drop plugin "
-            "'cms_multirate' and set its options as strategy.<option>"
-        )
     if not find_chains(ctx.model) and ctx.params.rule == "auto":
         warnings.warn(
             f"strategy 'cms' on model {ctx.config.model!r}, which has no CMS blocks: its layers "
@@ -49,8 +44,18 @@ def build(ctx):
             "model=cms_resnet (CIFAR) for CMS",
             stacklevel=2,
         )
-    plugin = MultiRatePlugin(ctx.params, ctx.config.train, ctx.config.optimizer_args)
+    return multirate_naive(ctx, ctx.params, "cms")
+
+
+def multirate_naive(ctx, params: MultiRateParams, strategy: str, plugins=()):
+    """Naive whose optimizer is the multi-rate wrapper built from `params` (cms, hope)."""
+    if any(isinstance(p, MultiRatePlugin) for p in ctx.extra_plugins):
+        raise ConfigError(
+            f"strategy {strategy!r} already applies the multi-rate updates: drop plugin "
+            "'cms_multirate' and set its options as strategy.<option>"
+        )
+    plugin = MultiRatePlugin(params, ctx.config.train, ctx.config.optimizer_args)
     optimizer = plugin.bind(ctx.model)  # validates the level assignment now, before training
-    kwargs = ctx.template_kwargs(plugins=[plugin])
+    kwargs = ctx.template_kwargs(plugins=[plugin, *plugins])
     kwargs["optimizer"] = optimizer
     return Naive(criterion=ctx.criterion(), **kwargs)

@@ -15,13 +15,13 @@ Evaluation never writes the carried state (D3, the layer only updates it in trai
 
 from dataclasses import dataclass, field
 
-from avalanche.training import Naive
 from avalanche.training.plugins import SupervisedPlugin
 
 from clbench.errors import ConfigError
 from clbench.nested.hope.model import find_hope_features
-from clbench.nested.multirate import MultiRateParams, MultiRatePlugin
+from clbench.nested.multirate import MultiRateParams
 from clbench.registry import register_strategy
+from clbench.strategies.cms import multirate_naive
 
 
 @dataclass
@@ -59,8 +59,4 @@ def build(ctx):
     params = ctx.params
     if not params.cms:
         params = HopeParams(**{**vars(params), "periods": [1] * len(params.periods), "cms": False})
-    plugin = MultiRatePlugin(params, ctx.config.train, ctx.config.optimizer_args)
-    optimizer = plugin.bind(ctx.model)  # validates the level assignment before training
-    kwargs = ctx.template_kwargs(plugins=[plugin, FastStateResetPlugin(features)])
-    kwargs["optimizer"] = optimizer
-    return Naive(criterion=ctx.criterion(), **kwargs)
+    return multirate_naive(ctx, params, "hope", plugins=[FastStateResetPlugin(features)])

@@ -82,31 +82,26 @@ def dgd_rule_chunk(
     eta_c = _chunked(eta[..., None], pad, NT, C)[..., 0]
     alpha_c = _chunked(alpha[..., None], pad, NT, C, value=1.0)[..., 0]
 
-    log_gamma = torch.log(alpha_c).cumsum(-1)  # log Γ_t
-    log_gamma_prev = F.pad(log_gamma[..., :-1], (1, 0))  # log Γ_{t-1}, exact (no subtraction)
-    strict = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
-    decay_prev = _masked_ratio(log_gamma_prev, log_gamma, strict)  # Γ_{t-1}/Γ_i, i < t
-
+    gates = chunk_gates(alpha_c)  # per chunk: Γ_{t-1}, Γ_{t-1}/Γ_i (i < t), Γ_C/Γ_i, Γ_C
     eta_col = eta_c[..., None]
     if dgd:
-        lower = eta_col * decay_prev * (k_c @ k_c.transpose(-1, -2))
-        eye = torch.eye(C, dtype=q.dtype, device=q.device)
-        rhs = torch.cat([eta_col * w_c, (eta_c * log_gamma_prev.exp())[..., None] * k_c], dim=-1)
-        solved = torch.linalg.solve_triangular(eye + lower, rhs, upper=False, unitriangular=True)
+        lower = eta_col * gates.decay_prev * (k_c @ k_c.transpose(-1, -2))  # zero diagonal
+        rhs = torch.cat([eta_col * w_c, eta_col * gates.gamma_prev * k_c], dim=-1)
+        # unitriangular: the solver takes the diagonal as ones and never reads it.
+        solved = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
         u_free, u_state = solved.split([V, K], dim=-1)
     else:
         u_free, u_state = eta_col * w_c, None
 
     if read_before_write:
-        read_gamma, read_decay = log_gamma_prev.exp(), decay_prev
+        read_gamma, read_decay = gates.gamma_prev, gates.decay_prev
     else:
+        log_gamma = torch.log(alpha_c).cumsum(-1)
         inclusive = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-        read_gamma, read_decay = log_gamma.exp(), _masked_ratio(log_gamma, log_gamma, inclusive)
-    q_state = read_gamma[..., None] * q_c  # reads S̄ with weight Γ
+        read_gamma, read_decay = log_gamma.exp()[..., None], _masked_ratio(log_gamma, log_gamma, inclusive)
+    q_state = read_gamma * q_c  # reads S̄ with weight Γ
     attn = (q_c @ k_c.transpose(-1, -2)) * read_decay  # [B, H, NT, C, C]
-
-    gamma_end = log_gamma[..., -1].exp()[..., None, None]  # Γ_C, [B, H, NT, 1, 1]
-    k_end = (log_gamma[..., -1:] - log_gamma).exp()[..., None] * k_c  # (Γ_C/Γ_i) k_i
+    gamma_end, k_end = gates.gamma_end, gates.end_ratio * k_c  # Γ_C and (Γ_C/Γ_i) k_i
 
     # Sequential pass over chunks; everything inside a chunk is a batched matmul.
     state = s0
@@ -131,7 +126,7 @@ def _chunked(
 ) -> torch.Tensor:
     """[B, T, H, D] -> [B, H, NT, C, D], padding T at the end with `value`."""
     B, _, H, D = x.shape
-    if pad:  # F.pad copies even when there is nothing to add; HOPE calls this per chunk
+    if pad:  # F.pad copies even when there is nothing to add
         x = F.pad(x, (0, 0, 0, 0, 0, pad), value=value)
     return x.reshape(B, n_chunks, chunk, H, D).permute(0, 3, 1, 2, 4)
 

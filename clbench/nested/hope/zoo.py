@@ -74,10 +74,16 @@ def _features(info, profile, d_model, depth, heads, tokenizer, patch, readout, c
     return HopeFeatures(make_tokenizer(kind, info, d, patch), blocks, d, readout)
 
 
+COMMON_DEFAULTS = dict(tokenizer="auto", readout="cls", cms_levels=3, cms_hidden_mult=2, cms_variant="sequential")
+
+
+def validate_common(**args) -> None:
+    """Config-time check of the arguments every HOPE-style model shares."""
+    _check_common(**{k: args.get(k, v) for k, v in COMMON_DEFAULTS.items()})
+
+
 def validate_hope(**args) -> None:
-    common = {k: args.get(k, v) for k, v in
-              dict(tokenizer="auto", readout="cls", cms_levels=3, cms_hidden_mult=2, cms_variant="sequential").items()}
-    _check_common(**common)
+    validate_common(**args)
     if args.get("reset", "example") not in RESET_POLICIES:
         raise ValueError(f"unknown reset policy {args['reset']!r}; valid: {', '.join(RESET_POLICIES)}")
     TitansOptions(**{k: v for k, v in args.items() if k in TitansOptions.__dataclass_fields__ and v is not None})
@@ -114,8 +120,7 @@ def build_hope(
 @register_model(
     "hope_attention",
     description="HOPE-Attention: HOPE blocks with causal softmax attention instead of self-modifying Titans",
-    validate=lambda **a: _check_common(**{k: a.get(k, v) for k, v in dict(
-        tokenizer="auto", readout="cls", cms_levels=3, cms_hidden_mult=2, cms_variant="sequential").items()}),
+    validate=validate_common,
 )
 def build_hope_attention(
     info, profile: str, d_model: int | None = None, depth: int | None = None, heads: int | None = None,
