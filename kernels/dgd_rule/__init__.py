@@ -22,7 +22,15 @@ import torch
 from .chunk import ChunkGates, chunk_gates, dgd_rule_chunk, dgd_rule_one_chunk
 from .naive import dgd_rule_naive
 
-__all__ = ["dgd_rule", "dgd_rule_chunk", "dgd_rule_naive", "dgd_rule_one_chunk", "chunk_gates", "ChunkGates"]
+__all__ = [
+    "dgd_rule",
+    "dgd_rule_step",
+    "dgd_rule_chunk",
+    "dgd_rule_naive",
+    "dgd_rule_one_chunk",
+    "chunk_gates",
+    "ChunkGates",
+]
 
 IMPLS = ("auto", "naive", "chunk", "triton")
 KERNELS_ENV = "CLBENCH_KERNELS"  # overrides impl="auto": "auto", "triton" or "reference"
@@ -63,6 +71,43 @@ def dgd_rule(
 
         return dgd_rule_triton(q, k, w, eta, alpha, s0, **flags, check_values=check_values)
     return dgd_rule_chunk(q, k, w, eta, alpha, s0, **flags, check_values=check_values)
+
+
+def dgd_rule_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    w: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    s0: torch.Tensor,
+    *,
+    dgd: bool = True,
+    gates: ChunkGates | None = None,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One semantic chunk in HOPE's head-major layout, read before write, dispatched.
+
+    Shapes and semantics of `dgd_rule_one_chunk` (q, k: [B, H, C, K]; w: [B, H, C, V];
+    eta, alpha: [B, H, C]; s0: [B, H, K, V]); returns (o [B, H, C, V], S_C). HOPE's
+    memories call this once per chunk because their next chunk's inputs are read from
+    this chunk's end state. No value scans: the caller keeps the gates in range and
+    checks its own results. `gates` only serves the "chunk" path (the kernel forms
+    its own in registers). The Triton kernel takes the token-major layout, so its
+    path transposes in and out (the wrapper makes the inputs contiguous).
+    """
+    impl = resolve_impl(impl, q)
+    if impl == "chunk":
+        return dgd_rule_one_chunk(q, k, w, eta, alpha, s0, dgd=dgd, gates=gates)
+    token_major = [x.transpose(1, 2) for x in (q, k, w, eta, alpha)]
+    if impl == "naive":
+        o, s = dgd_rule_naive(*token_major, s0, dgd=dgd, read_before_write=True)
+    else:
+        from .triton import dgd_rule_triton
+
+        o, s = dgd_rule_triton(
+            *token_major, s0, dgd=dgd, read_before_write=True, chunk_size=q.shape[2], check_values=False
+        )
+    return o.transpose(1, 2), s
 
 
 def resolve_impl(impl: str, q: torch.Tensor) -> str:

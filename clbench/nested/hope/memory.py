@@ -18,7 +18,8 @@ layout makes every read a plain batched matmul):
 Inner objective: 1/2 ||M(k_t) - v_hat_t||^2, its gradient taken at the chunk-start state (the
 floor index of §6.3, so the whole chunk's gradients are matmuls). Update rule, per token
 (Eq. 88, S = M^T layout): S_t = alpha_t S_{t-1} - eta_t k_t k_t^T S_{t-1} [DGD term] - eta_t grad_t.
-Every update is a `clbench.kernels.dgd_rule` chunk (closed form; Triton later) except
+Every update is a `clbench.kernels.dgd_rule` chunk (closed form, or the Triton kernel
+on CUDA through `dgd_rule_step`) except
 with momentum, which has no closed form together with the DGD term (§9.2 K2): then a token
 loop over precomputed gradients runs instead (`momentum_rule`).
 
@@ -37,7 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clbench.kernels.dgd_rule import chunk_gates, dgd_rule_one_chunk
+from clbench.kernels.dgd_rule import chunk_gates, dgd_rule_step
+
+# TitansOptions.kernels -> the `impl` of the kernel dispatch (`clbench.kernels.dgd_rule`)
+KERNEL_CHOICES = {"auto": "auto", "reference": "chunk", "triton": "triton"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class InnerRule:
     dgd: bool = True  # the -eta k k^T S term (off: plain GD with retention, "w/o DGD")
     momentum: bool = False  # Titans-style momentum over the update (on: the paper's Table 6 model)
     stop_grad_writes: bool = False  # D10: detach what is written (reads stay differentiable)
+    kernels: str = "auto"  # not semantics, only where it runs: see KERNEL_CHOICES
 
 
 def w1_step(eta: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -113,8 +118,10 @@ class MemoryBank(nn.Module):
             k, w, eta, alpha = k.detach(), w.detach(), eta.detach(), alpha.detach()
         if not self.rule.momentum:
             # One semantic chunk per call; the layer keeps eta, alpha in range and checks its
-            # own results for NaN/inf, so the unchecked per-chunk body is enough.
-            o, s = dgd_rule_one_chunk(q, k, w, eta, alpha, s, dgd=dgd, gates=gates)
+            # own results for NaN/inf, so the unchecked per-chunk body is enough. "auto"
+            # runs the Triton kernel on CUDA and the chunked closed form on CPU.
+            impl = KERNEL_CHOICES[self.rule.kernels]
+            o, s = dgd_rule_step(q, k, w, eta, alpha, s, dgd=dgd, gates=gates, impl=impl)
             return o, s, m
         return momentum_rule(q, k, w, eta, alpha, torch.sigmoid(self.momentum_logit), s, m, dgd=dgd)
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clbench.errors import NonFiniteLossError
-from clbench.nested.hope.memory import InnerRule, make_memory
+from clbench.nested.hope.memory import KERNEL_CHOICES, InnerRule, make_memory
 
 PROJECTIONS = ("k", "v", "q", "eta", "alpha")
 RESET_POLICIES = ("example", "experience", "never")
@@ -60,8 +60,11 @@ class TitansOptions:
     stop_grad_writes: bool = False  # D10: default differentiates through the inner writes
     eta_max: float = 0.5
     conv_window: int = 4
+    kernels: str = "auto"  # auto (Triton on CUDA) | reference (PyTorch everywhere) | triton
 
     def __post_init__(self):
+        if self.kernels not in KERNEL_CHOICES:
+            raise ValueError(f"kernels must be one of {', '.join(map(repr, KERNEL_CHOICES))}, got {self.kernels!r}")
         if self.memory not in ("linear", "mlp"):
             raise ValueError(f"memory must be 'linear' or 'mlp', got {self.memory!r}")
         for name in ("heads", "memory_hidden_mult", "chunk_other", "chunk_mem", "conv_window"):
@@ -103,7 +106,7 @@ class SelfModifyingTitans(nn.Module):
         self.reset_policy = "example"
         self.carried: dict[str, dict[str, torch.Tensor]] | None = None
         h, dh = self.heads, self.head_dim
-        rule = InnerRule(options.dgd, options.momentum, options.stop_grad_writes)
+        rule = InnerRule(options.dgd, options.momentum, options.stop_grad_writes, options.kernels)
         hidden = options.memory_hidden_mult * dh
 
         self.proj = nn.Linear(d_model, len(PROJECTIONS) * d_model, bias=False)

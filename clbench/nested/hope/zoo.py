@@ -101,13 +101,14 @@ def build_hope(
     dgd: bool = True, momentum: bool = False, retention: bool = True, adaptive_k: bool = True,
     adaptive_v: bool = True, adaptive_q: bool = False, stop_grad_writes: bool = False, eta_max: float = 0.5,
     reset: str = "example", cms_levels: int = 3, cms_hidden_mult: int = 2, cms_variant: str = "sequential",
-    tokenizer: str = "auto", patch: int | None = None, readout: str = "cls",
+    tokenizer: str = "auto", patch: int | None = None, readout: str = "cls", kernels: str = "auto",
 ) -> nn.Module:
     def titans(d, h, i):
         options = TitansOptions(
             heads=h, memory=memory or default_memory(profile), memory_hidden_mult=memory_hidden_mult, chunk_other=chunk_other,
             chunk_mem=chunk_mem, dgd=dgd, momentum=momentum, retention=retention, adaptive_k=adaptive_k,
             adaptive_v=adaptive_v, adaptive_q=adaptive_q, stop_grad_writes=stop_grad_writes, eta_max=eta_max,
+            kernels=kernels,
         )
         return SelfModifyingTitans(d, options, name=f"blocks.{i}.mixer")
 
