@@ -14,8 +14,9 @@ Under the interpreter (TRITON_INTERPRET=1, CPU tensors) BT keeps the requested s
 which lets the CPU tests cover small chunks. All arithmetic is fp32, with "ieee" dots
 (no TF32), so results match `dgd_rule_chunk` in fp32 to about 1e-6 relative.
 
-Backward (first version): recompute through `dgd_rule_chunk` under autograd. A Triton
-backward (reverse pass over chunks for dS plus intra-chunk gradients) is future work.
+Backward: `triton_backward.py` (derivation there), a reverse pass over the chunks from
+the chunk-start states this forward stores; `backward="recompute"` instead runs
+autograd through `dgd_rule_chunk` (the first version, kept to cross-check and debug).
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ def _dgd_rule_fwd_kernel(
     mask_v = cols_v < V
     kv_offs = cols_k[:, None] * V + cols_v[None, :]
     kv_mask = mask_k[:, None] & mask_v[None, :]
-    strict = rows[:, None] > rows[None, :]  # i < t
-    inclusive = rows[:, None] >= rows[None, :]  # i <= t
 
     state = tl.load(s0 + bh * K * V + kv_offs, mask=kv_mask, other=0.0).to(tl.float32)
     for n in range(NT):
@@ -62,29 +61,10 @@ def _dgd_rule_fwd_kernel(
         t = n * BT + rows
         mask_t = t < T
         token = (b * T + t) * H + h  # row index into the [B, T, H] layout
-        qk_mask = mask_t[:, None] & mask_k[None, :]
-        v_mask = mask_t[:, None] & mask_v[None, :]
-        # Tail tokens (t >= T) load as alpha = 1, eta = 0, q = k = w = 0: they write
-        # nothing and do not decay the state, as the padding of chunk.py.
-        qk_offs = token[:, None] * K + cols_k[None, :]
-        v_offs = token[:, None] * V + cols_v[None, :]
-        q_c = tl.load(q + qk_offs, mask=qk_mask, other=0.0).to(tl.float32)
-        k_c = tl.load(k + qk_offs, mask=qk_mask, other=0.0).to(tl.float32)
-        w_c = tl.load(w + v_offs, mask=v_mask, other=0.0).to(tl.float32)
-        eta_c = tl.load(eta + token, mask=mask_t, other=0.0).to(tl.float32)
-        alpha_c = tl.load(alpha + token, mask=mask_t, other=1.0).to(tl.float32)
-
-        # Cumulative log gates as masked row sums (no subtraction, so log Γ_{t-1} is
-        # exact even when the gates underflow); Γ_C is the last row of log Γ.
-        log_alpha = tl.log(alpha_c)
-        log_gamma = tl.sum(tl.where(inclusive, log_alpha[None, :], 0.0), axis=1)
-        log_gamma_prev = tl.sum(tl.where(strict, log_alpha[None, :], 0.0), axis=1)
-        log_gamma_end = tl.sum(tl.where(rows == BT - 1, log_gamma, 0.0), axis=0)
-        # Γ_{t-1}/Γ_i for i < t; the mask goes in before the exp (a positive exponent
-        # above the diagonal could overflow).
-        decay_prev = tl.exp(
-            tl.where(strict, log_gamma_prev[:, None] - log_gamma[None, :], float("-inf"))
+        q_c, k_c, w_c, eta_c, alpha_c = _load_chunk(
+            q, k, w, eta, alpha, token, mask_t, cols_k, cols_v, mask_k, mask_v, K, V
         )
+        log_gamma, log_gamma_prev, log_gamma_end, decay_prev = _chunk_log_gates(alpha_c, rows, BT)
 
         if DGD:
             k_state = tl.dot(k_c, state, input_precision="ieee")  # rows k_tᵀ S̄
@@ -94,23 +74,70 @@ def _dgd_rule_fwd_kernel(
         else:
             u = eta_c[:, None] * w_c
 
-        if READ_BEFORE_WRITE:
-            read_gamma = tl.exp(log_gamma_prev)
-            read_decay = decay_prev
-        else:
-            read_gamma = tl.exp(log_gamma)
-            read_decay = tl.exp(
-                tl.where(inclusive, log_gamma[:, None] - log_gamma[None, :], float("-inf"))
-            )
+        read_gamma, read_decay = _read_gates(
+            log_gamma, log_gamma_prev, decay_prev, rows, READ_BEFORE_WRITE
+        )
         attn = tl.dot(q_c, tl.trans(k_c), input_precision="ieee") * read_decay
         o_c = tl.dot(read_gamma[:, None] * q_c, state, input_precision="ieee")
         o_c += tl.dot(attn, u, input_precision="ieee")
+        v_offs = token[:, None] * V + cols_v[None, :]
+        v_mask = mask_t[:, None] & mask_v[None, :]
         tl.store(o + v_offs, o_c.to(o.dtype.element_ty), mask=v_mask)
 
         k_end = tl.exp(log_gamma_end - log_gamma)[:, None] * k_c  # (Γ_C/Γ_i) k_i
         state = tl.exp(log_gamma_end) * state + tl.dot(tl.trans(k_end), u, input_precision="ieee")
 
     tl.store(s_final + bh * K * V + kv_offs, state.to(s_final.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _load_chunk(q, k, w, eta, alpha, token, mask_t, cols_k, cols_v, mask_k, mask_v, K, V):
+    """One chunk's rows of q, k, w, eta, alpha in fp32.
+
+    Tail tokens (t >= T) load as alpha = 1, eta = 0, q = k = w = 0: they write
+    nothing and do not decay the state, as the padding of chunk.py.
+    """
+    qk_offs = token[:, None] * K + cols_k[None, :]
+    v_offs = token[:, None] * V + cols_v[None, :]
+    qk_mask = mask_t[:, None] & mask_k[None, :]
+    v_mask = mask_t[:, None] & mask_v[None, :]
+    q_c = tl.load(q + qk_offs, mask=qk_mask, other=0.0).to(tl.float32)
+    k_c = tl.load(k + qk_offs, mask=qk_mask, other=0.0).to(tl.float32)
+    w_c = tl.load(w + v_offs, mask=v_mask, other=0.0).to(tl.float32)
+    eta_c = tl.load(eta + token, mask=mask_t, other=0.0).to(tl.float32)
+    alpha_c = tl.load(alpha + token, mask=mask_t, other=1.0).to(tl.float32)
+    return q_c, k_c, w_c, eta_c, alpha_c
+
+
+@triton.jit
+def _chunk_log_gates(alpha_c, rows, BT: tl.constexpr):
+    """log Γ_t, log Γ_{t-1}, log Γ_C and the ratios Γ_{t-1}/Γ_i (i < t, else 0).
+
+    Cumulative log gates as masked row sums (no subtraction, so log Γ_{t-1} is exact
+    even when the gates underflow); Γ_C is the last row of log Γ. The mask of the
+    ratios goes in before the exp: a positive exponent above the diagonal could overflow.
+    """
+    strict = rows[:, None] > rows[None, :]  # i < t
+    log_alpha = tl.log(alpha_c)
+    log_gamma = tl.sum(tl.where(rows[:, None] >= rows[None, :], log_alpha[None, :], 0.0), axis=1)
+    log_gamma_prev = tl.sum(tl.where(strict, log_alpha[None, :], 0.0), axis=1)
+    log_gamma_end = tl.sum(tl.where(rows == BT - 1, log_gamma, 0.0), axis=0)
+    decay_prev = tl.exp(
+        tl.where(strict, log_gamma_prev[:, None] - log_gamma[None, :], float("-inf"))
+    )
+    return log_gamma, log_gamma_prev, log_gamma_end, decay_prev
+
+
+@triton.jit
+def _read_gates(log_gamma, log_gamma_prev, decay_prev, rows, READ_BEFORE_WRITE: tl.constexpr):
+    """The weight of S̄ in row t's read and the in-chunk read ratios (masked, see above)."""
+    if READ_BEFORE_WRITE:
+        return tl.exp(log_gamma_prev), decay_prev  # Γ_{t-1}, Γ_{t-1}/Γ_i for i < t
+    inclusive = rows[:, None] >= rows[None, :]
+    read_decay = tl.exp(
+        tl.where(inclusive, log_gamma[:, None] - log_gamma[None, :], float("-inf"))
+    )
+    return tl.exp(log_gamma), read_decay  # Γ_t, Γ_t/Γ_i for i <= t
 
 
 @triton.jit
@@ -136,6 +163,13 @@ def _solve_unit_lower(lower, rhs, rows, BT: tl.constexpr, BV: tl.constexpr):
 INTERPRETED = not isinstance(_dgd_rule_fwd_kernel, triton.JITFunction)
 
 
+def tiles(chunk_size: int, K: int, V: int) -> tuple[int, int, int]:
+    """(BT, BK, BV): the token tile and the padded K and V widths (see module doc)."""
+    min_tile = 1 if INTERPRETED else 16  # tl.dot needs tiles of at least 16 when compiled
+    BT = max(triton.next_power_of_2(chunk_size), min_tile)
+    return BT, max(triton.next_power_of_2(K), 16), max(triton.next_power_of_2(V), 16)
+
+
 def dgd_rule_triton_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -156,7 +190,8 @@ def dgd_rule_triton_forward(
     they already are), since the kernel computes offsets for the dense layout.
     `out` takes preallocated contiguous outputs in the returned order; the tests pass
     NaN-filled ones to prove that every element is written. Chunk states are
-    [B, NT, H, K, V] for NT = ceil(T / BT), BT the tile actually used (see module doc).
+    [B, NT, H, K, V] for NT = ceil(T / BT), BT the tile actually used (see module doc),
+    in fp32 whatever the input dtype: the Triton backward restarts every chunk from them.
     """
     if not q.is_cuda and not INTERPRETED:
         raise RuntimeError(
@@ -169,15 +204,12 @@ def dgd_rule_triton_forward(
     q, k, w, eta, alpha, s0 = (x.detach().contiguous() for x in (q, k, w, eta, alpha, s0))
     B, T, H, K = q.shape
     V = w.shape[-1]
-    min_tile = 1 if INTERPRETED else 16  # tl.dot needs tiles of at least 16 when compiled
-    BT = max(triton.next_power_of_2(chunk_size), min_tile)
-    BK = max(triton.next_power_of_2(K), 16)
-    BV = max(triton.next_power_of_2(V), 16)
+    BT, BK, BV = tiles(chunk_size, K, V)
     NT = triton.cdiv(T, BT)
     if out is None:
         out = (q.new_empty(B, T, H, V), q.new_empty(B, H, K, V))
         if return_chunk_states:
-            out += (q.new_empty(B, NT, H, K, V),)
+            out += (q.new_empty(B, NT, H, K, V, dtype=torch.float32),)
     o, s_final = out[0], out[1]
     chunk_states = out[2] if return_chunk_states else s_final  # unused pointer otherwise
     _dgd_rule_fwd_kernel[(B * H,)](
@@ -188,31 +220,57 @@ def dgd_rule_triton_forward(
     return tuple(out)
 
 
+BACKWARDS = ("triton", "recompute")
+
+
 class DGDRuleTriton(torch.autograd.Function):
-    """Forward: the Triton kernel. Backward: autograd through `dgd_rule_chunk` (recompute)."""
+    """Forward: the Triton kernel. Backward: the Triton backward kernel of
+    `triton_backward.py` ("triton", from the stored chunk-start states) or autograd
+    through `dgd_rule_chunk` ("recompute", from the inputs alone)."""
 
     @staticmethod
-    def forward(ctx, q, k, w, eta, alpha, s0, dgd, read_before_write, chunk_size):
-        o, s_final = dgd_rule_triton_forward(
-            q, k, w, eta, alpha, s0,
-            dgd=dgd, read_before_write=read_before_write, chunk_size=chunk_size,
-        )  # fmt: skip
-        ctx.save_for_backward(q, k, w, eta, alpha, s0)
+    def forward(ctx, q, k, w, eta, alpha, s0, dgd, read_before_write, chunk_size, backward="triton"):
+        if backward not in BACKWARDS:
+            raise ValueError(f"backward must be one of {', '.join(map(repr, BACKWARDS))}; got {backward!r}")
+        flags = {"dgd": dgd, "read_before_write": read_before_write, "chunk_size": chunk_size}
+        store_states = backward == "triton"
+        o, s_final, *chunk_states = dgd_rule_triton_forward(
+            q, k, w, eta, alpha, s0, **flags, return_chunk_states=store_states
+        )
+        ctx.save_for_backward(q, k, w, eta, alpha, s0, *chunk_states)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
-        ctx.flags = {"dgd": dgd, "read_before_write": read_before_write, "chunk_size": chunk_size}
+        ctx.flags, ctx.backward = flags, backward
         return o, s_final
 
     @staticmethod
     def backward(ctx, grad_o, grad_s):
-        needs = ctx.needs_input_grad[:6]  # the last three arguments are flags
+        needs = ctx.needs_input_grad[:6]  # the last four arguments are flags
+        if ctx.backward == "triton":
+            return (*_triton_grads(ctx, grad_o, grad_s, needs), None, None, None, None)
         inputs = [x.detach().requires_grad_(n) for x, n in zip(ctx.saved_tensors, needs, strict=True)]
         with torch.enable_grad():
             outputs = dgd_rule_chunk(*inputs, **ctx.flags, check_values=False)
         # An output that did not reach the loss arrives as None: leave it out.
         pairs = [(y, g) for y, g in zip(outputs, (grad_o, grad_s), strict=True) if g is not None]
         wanted = [x for x in inputs if x.requires_grad]
-        grads = iter(torch.autograd.grad([y for y, _ in pairs], wanted, [g for _, g in pairs]))
-        return (*(next(grads) if x.requires_grad else None for x in inputs), None, None, None)
+        # allow_unused: an input may not reach the used outputs (e.g. a one-token chunk whose
+        # end state is not used reads only q and s0); its gradient is None, i.e. zero.
+        grads = iter(torch.autograd.grad([y for y, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True))
+        return (*(next(grads) if x.requires_grad else None for x in inputs), None, None, None, None)
+
+
+def _triton_grads(ctx, grad_o, grad_s, needs) -> list[torch.Tensor | None]:
+    from .triton_backward import dgd_rule_triton_backward  # imports this module's helpers
+
+    *inputs, chunk_states = ctx.saved_tensors
+    inputs = [x.detach().contiguous() for x in inputs]
+    K, V = inputs[0].shape[-1], inputs[2].shape[-1]
+    grads = dgd_rule_triton_backward(
+        inputs, chunk_states, grad_o, grad_s,
+        dgd=ctx.flags["dgd"], read_before_write=ctx.flags["read_before_write"],
+        tiles=tiles(ctx.flags["chunk_size"], K, V),
+    )  # fmt: skip
+    return [g if need else None for g, need in zip(grads, needs, strict=True)]
 
 
 def dgd_rule_triton(
@@ -227,15 +285,25 @@ def dgd_rule_triton(
     read_before_write: bool = True,
     chunk_size: int = 16,
     check_values: bool = True,
+    backward: str = "triton",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gated DGD rule on the Triton kernel; same semantics and shapes as `dgd_rule_chunk`.
 
     Returns (o [B, T, H, V], S_T [B, H, K, V]) in the input dtype, differentiable w.r.t.
     every tensor input. float64 is refused: the kernel accumulates in fp32, so use
-    impl="chunk" for fp64 ground truth.
+    impl="chunk" for fp64 ground truth. backward: "triton" (the backward kernel; the
+    forward then also stores the fp32 chunk-start states, [B, NT, H, K, V]) or
+    "recompute" (autograd through `dgd_rule_chunk`, nothing stored). Without autograd
+    (grad mode off or no input requiring grad) the forward kernel runs alone.
     """
     check_inputs(q, k, w, eta, alpha, s0, values=check_values)
     check_chunk_size(chunk_size)
     if q.dtype == torch.float64:
         raise ValueError("dgd_rule_triton computes in fp32; use impl='chunk' for float64 inputs")
-    return DGDRuleTriton.apply(q, k, w, eta, alpha, s0, dgd, read_before_write, chunk_size)
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {', '.join(map(repr, BACKWARDS))}; got {backward!r}")
+    inputs = (q, k, w, eta, alpha, s0)
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):
+        flags = {"dgd": dgd, "read_before_write": read_before_write, "chunk_size": chunk_size}
+        return dgd_rule_triton_forward(*inputs, **flags)
+    return DGDRuleTriton.apply(*inputs, dgd, read_before_write, chunk_size, backward)
