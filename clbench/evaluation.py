@@ -1,4 +1,5 @@
-"""Batched evaluation of the accuracy matrix over cached test tensors.
+"""Batched evaluation of the metric matrix (accuracy, or bits per character for LM streams)
+over cached test tensors.
 
 Avalanche's eval loop runs a dozen metric objects per minibatch; a row of the
 matrix only needs argmax counts, so we evaluate each test experience in large
@@ -8,7 +9,10 @@ batches straight from its tensors. Task labels are passed for multi-head
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from avalanche.models.utils import avalanche_forward
 
 
@@ -23,11 +27,34 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, task: int
     return correct / max(len(y), 1)
 
 
-def evaluate_row(model: torch.nn.Module, test_experiences, *, device, batch_size: int) -> list[float]:
+@torch.no_grad()
+def bits_per_token(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, task: int, *, device, batch_size: int) -> float:
+    """Mean next-token cross-entropy in bits over every target position (bits per
+    character for a character stream). Logits [B, L, V], targets y [B, L]."""
+    total_nats, count = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        xb = x[start:start + batch_size].to(device, non_blocking=True)
+        yb = y[start:start + batch_size].to(device, non_blocking=True)
+        tb = torch.full((len(xb),), task, dtype=torch.long, device=device)
+        logits = avalanche_forward(model, xb, tb)
+        total_nats += F.cross_entropy(logits.flatten(0, -2).float(), yb.flatten(), reduction="sum").item()
+        count += yb.numel()
+    return total_nats / max(count, 1) / math.log(2)
+
+
+METRICS = {"accuracy": accuracy, "bpc": bits_per_token}
+
+
+def evaluate_row(
+    model: torch.nn.Module, test_experiences, *, device, batch_size: int, metric: str = "accuracy"
+) -> list[float]:
     """Metric on every test experience; restores the model's train/eval mode."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    measure = METRICS[metric]
     was_training = model.training
     model.eval()
     try:
-        return [accuracy(model, e.x, e.y, e.task, device=device, batch_size=batch_size) for e in test_experiences]
+        return [measure(model, e.x, e.y, e.task, device=device, batch_size=batch_size) for e in test_experiences]
     finally:
         model.train(was_training)

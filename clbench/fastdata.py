@@ -156,7 +156,7 @@ def _gather(dataset: AvalancheDataset, indices) -> list | None:
         xs, ys = leaves[0].x[sel], leaves[0].y[sel]
     else:
         xs = torch.empty((n, *leaves[0].x.shape[1:]), dtype=leaves[0].x.dtype)
-        ys = torch.empty(n, dtype=torch.long)
+        ys = torch.empty((n, *leaves[0].y.shape[1:]), dtype=leaves[0].y.dtype)  # [N] labels or [N, L] targets
         for leaf_id, leaf in enumerate(leaves):
             mask = torch.from_numpy(leaf_ids == leaf_id)
             sel = torch.from_numpy(local[leaf_ids == leaf_id])
@@ -171,7 +171,8 @@ def avalanche_getitems(self: AvalancheDataset, indices):
         return _fallback(self, np.asarray(indices, dtype=np.int64))
     stats["fast"] += 1
     xs, ys, *attrs = columns
-    rows = [list(xs.unbind(0)), ys.tolist()] + [a.tolist() for a in attrs]
+    # Labels as ints, as the leaf returns them; LM target sequences stay tensors.
+    rows = [list(xs.unbind(0)), ys.tolist() if ys.dim() == 1 else list(ys.unbind(0))] + [a.tolist() for a in attrs]
     # Avalanche turns the leaf's tuple into a list when it appends attributes.
     as_item = list if attrs else tuple
     return [as_item(item) for item in zip(*rows, strict=True)]

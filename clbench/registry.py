@@ -201,6 +201,8 @@ def _load_all() -> None:
     _loaded = True
     importlib.import_module("clbench.models")
     importlib.import_module("clbench.anchor_models")
+    importlib.import_module("clbench.text_models")
+    importlib.import_module("clbench.text_encoder")
     importlib.import_module("clbench.optimizers")
     importlib.import_module("clbench.nested")
     importlib.import_module("clbench.scenarios")

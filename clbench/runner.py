@@ -175,7 +175,9 @@ def run_cell(
 
             def evaluate() -> list[float]:
                 t0 = time.perf_counter()
-                row = evaluate_row(strategy.model, stream.test, device=device, batch_size=eval_mb)
+                row = evaluate_row(
+                    strategy.model, stream.test, device=device, batch_size=eval_mb, metric=info.metric_name
+                )
                 result["eval_seconds"] += time.perf_counter() - t0
                 return row
 

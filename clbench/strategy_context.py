@@ -91,5 +91,16 @@ class StrategyContext:
         return kwargs
 
     def criterion(self) -> nn.Module:
-        return nn.CrossEntropyLoss()
+        return NextTokenLoss() if self.info.metric_name == "bpc" else nn.CrossEntropyLoss()
+
+
+class NextTokenLoss(nn.CrossEntropyLoss):
+    """Cross-entropy over every position of a language-modelling minibatch.
+
+    The model returns logits [B, L, V] and the targets are next-token ids [B, L]; the
+    mean over all B*L positions, in nats (the "bpc" metric divides by ln 2).
+    """
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits.flatten(0, -2), targets.flatten())
 

@@ -47,11 +47,20 @@ class ScenarioInfo:
 @dataclass
 class ExperienceTensors:
     x: torch.Tensor
-    y: torch.Tensor  # int64 labels, already remapped for task-IL
+    # int64 labels [N], already remapped for task-IL; or, for language modelling
+    # (metric "bpc"), the next-token ids [N, L] of the input windows x [N, L]
+    y: torch.Tensor
     task: int
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def labels(self) -> list[int]:
+        """What Avalanche's `targets` attribute holds: the class labels, or, for a sequence
+        target (LM), the experience's task label for every sample: Avalanche only uses
+        targets for class bookkeeping, which a language-modelling stream does not have."""
+        return self.y.tolist() if self.y.dim() == 1 else [self.task] * len(self.y)
 
 
 @dataclass
@@ -75,7 +84,8 @@ class TensorStream:
 
 
 class TensorLeaf(torch.utils.data.Dataset):
-    """(x[i], int(y[i])), exactly what Avalanche's tensor datasets return per sample.
+    """(x[i], int(y[i])), exactly what Avalanche's tensor datasets return per sample
+    (or (x[i], y[i]) when y holds a target sequence per sample).
 
     The fast batch path in `clbench.fastdata` recognises this leaf and gathers
     whole minibatches from `x` and `y` at once.
@@ -89,7 +99,7 @@ class TensorLeaf(torch.utils.data.Dataset):
         return len(self.y)
 
     def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
+        return self.x[i], (int(self.y[i]) if self.y.dim() == 1 else self.y[i])
 
 
 def to_avalanche_dataset(exp: ExperienceTensors) -> TaskAwareSupervisedClassificationDataset:
@@ -97,7 +107,7 @@ def to_avalanche_dataset(exp: ExperienceTensors) -> TaskAwareSupervisedClassific
     return TaskAwareSupervisedClassificationDataset(
         [TensorLeaf(exp.x, exp.y)],
         data_attributes=[
-            DataAttribute(exp.y.tolist(), "targets"),
+            DataAttribute(exp.labels, "targets"),
             DataAttribute(ConstantSequence(exp.task, n), "targets_task_labels", use_in_getitem=True),
         ],
     )

@@ -143,7 +143,14 @@ class CMSChain(nn.Module):
 
 
 def find_chains(model: nn.Module) -> list[tuple[str, CMSChain]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, CMSChain)]
+    """Modules that define CMS levels: CMSChains, and any module with the same level
+    interface (`n_levels`, `variant`, `level_param_names()`), such as the pretrained
+    encoder's split FFNs (`clbench.text_encoder.SplitFFN`)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, CMSChain) or _has_levels(m)]
+
+
+def _has_levels(module: nn.Module) -> bool:
+    return all(hasattr(module, a) for a in ("n_levels", "variant", "level_param_names"))
 
 
 def cms_level_names(model: nn.Module) -> list[list[str]]:

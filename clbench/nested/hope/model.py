@@ -24,7 +24,7 @@ from clbench.nested.cms import CMSChain
 from clbench.nested.hope.titans import RESET_POLICIES, SelfModifyingTitans
 
 TOKENIZERS = ("patch", "rows", "conv", "embedding")
-READOUTS = ("cls", "mean")
+READOUTS = ("cls", "mean", "tokens")  # tokens: every position (language modelling)
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -70,7 +70,19 @@ class TokenEmbedding(nn.Module):
         self.n_tokens = max_len
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(x.long())
+        return self.embed(check_token_ids(x, self.embed.num_embeddings))
+
+
+def check_token_ids(x: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """x as int64, or a clear error when it holds ids the embedding does not have: the data
+    was tokenized with another vocabulary than the one the model was built for."""
+    ids = x.long()
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(
+            f"token ids range over [{int(ids.min())}, {int(ids.max())}] but the model's vocabulary has "
+            f"{vocab_size} ids: the stream and the model use different tokenizers or vocabularies"
+        )
+    return ids
 
 
 def make_tokenizer(kind: str, info, d_model: int, patch: int) -> nn.Module:
@@ -132,11 +144,14 @@ class HopeFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.tokenizer(x)
-        tokens = torch.cat([tokens, self.cls.expand(len(tokens), -1, -1)], dim=1)
+        if self.readout != "tokens":  # a language model predicts from every position, no CLS
+            tokens = torch.cat([tokens, self.cls.expand(len(tokens), -1, -1)], dim=1)
         h = tokens + self.pos[:, : tokens.shape[1]]
         for block in self.blocks:
             h = block(h)
         h = self.norm(h)
+        if self.readout == "tokens":
+            return h  # [B, T, d]: the head maps every position to next-token logits
         return h[:, -1] if self.readout == "cls" else h[:, :-1].mean(1)
 
     def titans_layers(self) -> list[SelfModifyingTitans]:

@@ -54,12 +54,25 @@ def _tokenizer_args(info, tokenizer: str, patch: int | None):
 def _check_common(tokenizer, readout, cms_levels, cms_hidden_mult, cms_variant):
     if tokenizer != "auto" and tokenizer not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {tokenizer!r}; valid: auto, {', '.join(TOKENIZERS)}")
-    if readout not in READOUTS:
-        raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
+    if readout != "auto" and readout not in READOUTS:
+        raise ValueError(f"unknown readout {readout!r}; valid: auto, {', '.join(READOUTS)}")
     if cms_variant not in VARIANTS:
         raise ValueError(f"unknown cms_variant {cms_variant!r}; valid: {', '.join(VARIANTS)}")
     if cms_levels < 1 or cms_hidden_mult < 1:
         raise ValueError(f"cms_levels and cms_hidden_mult must be >= 1, got {cms_levels}, {cms_hidden_mult}")
+
+
+def _readout(info, readout: str) -> str:
+    """"auto": CLS for classification, every position for language modelling (metric bpc)."""
+    lm = info.metric_name == "bpc"
+    if readout == "auto":
+        return "tokens" if lm else "cls"
+    if lm != (readout == "tokens"):
+        raise ValueError(
+            f"readout {readout!r} does not fit scenario {info.name!r}: language modelling needs "
+            "readout 'tokens' (or 'auto'), classification 'cls' or 'mean'"
+        )
+    return readout
 
 
 def _features(info, profile, d_model, depth, heads, tokenizer, patch, readout, cms_levels, cms_hidden_mult,
@@ -67,6 +80,7 @@ def _features(info, profile, d_model, depth, heads, tokenizer, patch, readout, c
     _check_common(tokenizer, readout, cms_levels, cms_hidden_mult, cms_variant)
     d, n_blocks, h = _dims(info, profile, d_model, depth, heads)
     kind, patch = _tokenizer_args(info, tokenizer, patch)
+    readout = _readout(info, readout)
     blocks = [
         HopeBlock(make_mixer(d, h, i), d, CMSChain(d, cms_hidden_mult * d, cms_levels, cms_variant))
         for i in range(n_blocks)
@@ -74,7 +88,7 @@ def _features(info, profile, d_model, depth, heads, tokenizer, patch, readout, c
     return HopeFeatures(make_tokenizer(kind, info, d, patch), blocks, d, readout)
 
 
-COMMON_DEFAULTS = dict(tokenizer="auto", readout="cls", cms_levels=3, cms_hidden_mult=2, cms_variant="sequential")
+COMMON_DEFAULTS = dict(tokenizer="auto", readout="auto", cms_levels=3, cms_hidden_mult=2, cms_variant="sequential")
 
 
 def validate_common(**args) -> None:
@@ -101,7 +115,7 @@ def build_hope(
     dgd: bool = True, momentum: bool = False, retention: bool = True, adaptive_k: bool = True,
     adaptive_v: bool = True, adaptive_q: bool = False, stop_grad_writes: bool = False, eta_max: float = 0.5,
     reset: str = "example", cms_levels: int = 3, cms_hidden_mult: int = 2, cms_variant: str = "sequential",
-    tokenizer: str = "auto", patch: int | None = None, readout: str = "cls", kernels: str = "auto",
+    tokenizer: str = "auto", patch: int | None = None, readout: str = "auto", kernels: str = "auto",
 ) -> nn.Module:
     def titans(d, h, i):
         options = TitansOptions(
@@ -126,7 +140,7 @@ def build_hope(
 def build_hope_attention(
     info, profile: str, d_model: int | None = None, depth: int | None = None, heads: int | None = None,
     cms_levels: int = 3, cms_hidden_mult: int = 2, cms_variant: str = "sequential",
-    tokenizer: str = "auto", patch: int | None = None, readout: str = "cls",
+    tokenizer: str = "auto", patch: int | None = None, readout: str = "auto",
 ) -> nn.Module:
     features = _features(info, profile, d_model, depth, heads, tokenizer, patch, readout, cms_levels,
                          cms_hidden_mult, cms_variant, lambda d, h, i: CausalAttention(d, h))
@@ -140,7 +154,7 @@ def build_hope_attention(
 )
 def build_transformer_matched(
     info, profile: str, depth: int | None = None, heads: int | None = None, tokenizer: str = "auto",
-    patch: int | None = None, readout: str = "cls", mlp_mult: int = 4,
+    patch: int | None = None, readout: str = "auto", mlp_mult: int = 4,
 ) -> nn.Module:
     with torch.random.fork_rng(devices=[]):  # counting must not move the run's RNG
         target = count_parameters(build_hope(info, profile, depth=depth, heads=heads, tokenizer=tokenizer,
