@@ -236,6 +236,7 @@ class Variant:
     label: str
     strategy: str
     set: dict[str, Any] = field(default_factory=dict)
+    scenarios: list[str] = field(default_factory=list)  # the suite scenarios it runs on; empty = all
 
 
 @dataclass
@@ -293,10 +294,17 @@ def load_suite(path: str | Path) -> SuiteConfig:
                 raise ConfigError(f"{path}: 'variants' must be an array of tables ([[variants]])")
             variants = []
             for i, v in enumerate(value):
-                extra = sorted(set(v) - {"label", "strategy", "set"})
+                extra = sorted(set(v) - {"label", "strategy", "set", "scenarios"})
                 if extra or "strategy" not in v:
-                    raise ConfigError(f"{path}: variants[{i}] needs 'strategy' (and optional 'label', 'set'); got keys {sorted(v)}")
-                variants.append(Variant(label=str(v.get("label", v["strategy"])), strategy=v["strategy"], set=dict(v.get("set", {}))))
+                    raise ConfigError(
+                        f"{path}: variants[{i}] needs 'strategy' (and optional 'label', 'set', 'scenarios'); "
+                        f"got keys {sorted(v)}"
+                    )
+                only = v.get("scenarios", [])
+                if not isinstance(only, list) or not all(isinstance(x, str) for x in only):
+                    raise ConfigError(f"{path}: variants[{i}].scenarios must be a list of scenario names; got {only!r}")
+                variants.append(Variant(label=str(v.get("label", v["strategy"])), strategy=v["strategy"],
+                                        set=dict(v.get("set", {})), scenarios=list(only)))
             values[key] = variants
         else:
             values[key] = coerce(value, types_[key], f"{path.name}: {key}")

@@ -129,7 +129,8 @@ def check_model_args(cfg: RunConfig) -> None:
 
 
 def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None, skipped: list[str] | None = None) -> list[RunConfig]:
-    """Every cell of a suite: scenarios x (strategies + variants) x seeds.
+    """Every cell of a suite: scenarios x (strategies + variants) x seeds; a variant with
+    `scenarios` runs on those only (e.g. encoder rows on the intent streams).
 
     With `skip_unsupported`, incompatible (scenario, strategy) pairs are left
     out and described in `skipped` instead of raising.
@@ -137,6 +138,13 @@ def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None, skipped: 
     cli_overrides = parse_set_args(cli_set or [])
     entries = [(name, name, {}) for name in suite.strategies]
     entries += [(v.label, v.strategy, v.set) for v in suite.variants]
+    only = {v.label: set(v.scenarios) for v in suite.variants if v.scenarios}  # label -> its scenarios
+    for label, names in only.items():
+        if names - set(suite.scenarios):
+            raise ConfigError(
+                f"suite {suite.name!r}: variant {label!r} names scenarios the suite does not run: "
+                f"{', '.join(sorted(names - set(suite.scenarios)))}; the suite runs {', '.join(suite.scenarios)}"
+            )
     labels = [label for label, _, _ in entries]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
@@ -147,6 +155,8 @@ def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None, skipped: 
     cells = []
     for scenario in suite.scenarios:
         for label, strategy, variant_set in entries:
+            if label in only and scenario not in only[label]:
+                continue
             scenario_type = SCENARIOS.get(scenario).scenario_type
             if suite.skip_unsupported and scenario_type not in STRATEGIES.get(strategy).supports:
                 if skipped is not None:

@@ -137,6 +137,20 @@ def test_suite_rejects_duplicate_labels_and_stray_scenario_args(tmp_path):
         expand_suite(load_suite(path))
 
 
+def test_variant_scenarios_limit_where_a_variant_runs(tmp_path):
+    path = tmp_path / "s.toml"
+    base = 'scenarios = ["pmnist", "split_mnist"]\nstrategies = ["naive"]\nseeds = [0]\n[[variants]]\nlabel = "r"\nstrategy = "replay"\n'
+    path.write_text(base + 'scenarios = ["split_mnist"]\n')
+    cells = expand_suite(load_suite(path))
+    assert [(c.scenario, c.label) for c in cells] == [("pmnist", "naive"), ("split_mnist", "naive"), ("split_mnist", "r")]
+    path.write_text(base + 'scenarios = ["clinc150"]\n')
+    with pytest.raises(ConfigError, match="variant 'r' names scenarios the suite does not run: clinc150"):
+        expand_suite(load_suite(path))
+    path.write_text(base + 'scenarios = "split_mnist"\n')
+    with pytest.raises(ConfigError, match="variants\\[0\\].scenarios must be a list"):
+        load_suite(path)
+
+
 def test_skip_unsupported_lists_the_pairs_it_leaves_out(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('scenarios = ["pmnist", "split_mnist"]\nstrategies = ["naive", "icarl"]\nseeds = [0]\n')
