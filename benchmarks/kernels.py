@@ -1,8 +1,9 @@
 """Speed of the Triton kernels against their PyTorch references (K1 dgd_rule, K3 cms_step).
 
 K1, gated DGD rule (`clbench.kernels.dgd_rule`), fp32, chunk size 16, DGD term on, read
-before write: the chunked reference, `torch.compile` of it, and the Triton forward (its
-backward recomputes through the reference), forward only and forward + backward.
+before write: the chunked reference, `torch.compile` of it, and the Triton forward, forward
+only and forward + backward, the latter with the Triton backward kernel and with the backward
+recomputed through the reference (the forward row is the same kernel for both).
 K3, CMS accumulate-and-step (`clbench.kernels.cms_step`), fp32: 4 equal levels, each one
 MLP block (fc1, fc2 with biases), stepped with SGD+momentum and with AdamW; "accumulate" is
 a not-due step of all levels, "due" a step where all levels update, and "per iter" the
@@ -23,6 +24,7 @@ fwd+bwd counted as 3x forward; K3 bytes that the fused kernel must move per elem
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -39,7 +41,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from clbench.kernels.cms_step import FlatLevel, Rule, cms_step  # noqa: E402
-from clbench.kernels.dgd_rule import dgd_rule, dgd_rule_chunk  # noqa: E402
+from clbench.kernels.dgd_rule import dgd_rule_chunk  # noqa: E402
 
 CHUNK = 16
 K3_RULES = {
@@ -89,9 +91,12 @@ def k1_rows(device: str, shape: tuple[int, ...], compile_: bool, ms) -> list[tup
     if compile_:
         impls["chunk + torch.compile"] = torch.compile(impls["chunk"])
     if device == "cuda":
-        impls["triton"] = lambda *x: dgd_rule(
-            *x, chunk_size=CHUNK, impl="triton", check_values=False
-        )
+        from clbench.kernels.dgd_rule.triton import dgd_rule_triton
+
+        for backward in ("recompute", "triton"):
+            impls[f"triton ({backward} backward)"] = functools.partial(
+                dgd_rule_triton, chunk_size=CHUNK, check_values=False, backward=backward
+            )
     flops = B * H * T * (4 * CHUNK * K + 3 * CHUNK * V + 6 * K * V)
     rows = []
     for name, fn in impls.items():
@@ -111,6 +116,8 @@ def k1_rows(device: str, shape: tuple[int, ...], compile_: bool, ms) -> list[tup
             ("fwd", forward, flops),
             ("fwd+bwd", forward_backward, 3 * flops),
         ):
+            if mode == "fwd" and name == "triton (triton backward)":
+                continue  # the same forward kernel as the recompute row
             try:
                 t = ms(run)
                 rows.append(("K1", name, mode, t, f"{n_flops / t / 1e6:.1f} GFLOP/s"))
