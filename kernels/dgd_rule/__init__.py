@@ -3,8 +3,9 @@
     S_t = alpha_t S_{t-1} - eta_t k_t (k_tᵀ S_{t-1}) [if dgd] + eta_t k_t w_tᵀ
     o_t = S_{t-1}ᵀ q_t (read_before_write) or S_tᵀ q_t
 
-`naive.py` is the token-loop reference, `chunk.py` the chunked closed form and
-`triton.py` the Triton forward kernel (backward by recompute through `chunk.py`). The
+`naive.py` is the token-loop reference, `chunk.py` the chunked closed form,
+`triton.py` the Triton forward kernel and `triton_backward.py` its backward kernel
+(`dgd_rule_triton(..., backward="recompute")` recomputes through `chunk.py` instead). The
 chunk-start correction of HOPE (w = v̂ - S̄ᵀ k) is not part of the op: callers pass
 the already-corrected w.
 
@@ -53,8 +54,8 @@ def dgd_rule(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatch to an implementation; returns (o [B, T, H, V], S_T [B, H, K, V]).
 
-    impl: "naive" (token loop), "chunk" (chunked PyTorch), "triton" (Triton forward,
-    autograd backward through "chunk"; CUDA tensors, or CPU under TRITON_INTERPRET=1)
+    impl: "naive" (token loop), "chunk" (chunked PyTorch), "triton" (Triton forward and
+    backward kernels; CUDA tensors, or CPU under TRITON_INTERPRET=1)
     or "auto": "triton" for CUDA tensors when triton is installed (fp64 stays on
     "chunk": the kernel computes in fp32), else "chunk". The environment variable
     CLBENCH_KERNELS overrides "auto": "triton" forces the kernel, "reference" forces
