@@ -17,7 +17,7 @@ install: $(STAMP)
 # Re-installs only when pyproject.toml changes; the package itself is editable.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,text]'
 	touch $(STAMP)
 
 bench: install
