@@ -58,6 +58,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from clbench.kernels.dmgd_mlp import dmgd_mlp_inner_grad, dmgd_mlp_read, read_chunk, resolve_impl
 from clbench.nested.optim.common import check_momentum, run_closure
 
 MEMORY_KEY = "dmgd_memory"
@@ -93,12 +94,20 @@ class DMGDParams:
 
 
 class DMGD(torch.optim.Optimizer):
-    """Keyword arguments: lr, momentum, weight_decay, and the other fields of `DMGDParams`."""
+    """Keyword arguments: lr, momentum, weight_decay, and the other fields of `DMGDParams`.
 
-    def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0, **options):
+    impl: how the memory's read and write run (`clbench.kernels.dmgd_mlp`): "auto" (the
+    fused Triton kernels for CUDA float32 gradients, else the PyTorch reference "chunk"),
+    "chunk", "naive" or "triton". A runtime choice, not an option of the run's config.
+    """
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
+                 impl: str = "auto", **options):
         self.options = DMGDParams(momentum=momentum, **options)  # validates
         if lr < 0 or weight_decay < 0:
             raise ValueError(f"lr={lr} and weight_decay={weight_decay} must be >= 0")
+        resolve_impl(impl, torch.zeros(1, self.options.token_dim), self.options.hidden)  # validates
+        self.impl = impl
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     @property
@@ -119,15 +128,17 @@ class DMGD(torch.optim.Optimizer):
             return loss
         mem = self._memory_like(items[0][1])
         mem["step"] += 1
+        impl = resolve_impl(self.impl, mem["V"], self.options.hidden)  # once per step
         tokens = [_tokens(u, self.options.token_dim) for _, u, _ in items]
         if self.options.memory_lr > 0:
-            self._write(mem, tokens, items)
+            self._write(mem, tokens, items, impl)
         updates: dict[int, tuple[list, list, list]] = {}
         for (p, u, group), x in zip(items, tokens, strict=True):
             state = self.state[p]
             if "momentum_buffer" not in state:  # also for parameters Avalanche added later
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-            direction = _read(mem, x).reshape(-1)[: u.numel()].view_as(u)
+            direction = dmgd_mlp_read(x, mem["V"], mem["U"], impl=impl)
+            direction = direction.reshape(-1)[: u.numel()].view_as(u)
             ps, bufs, dirs = updates.setdefault(id(group), ([], [], []))
             ps.append(p)
             bufs.append(state["momentum_buffer"])
@@ -150,7 +161,7 @@ class DMGD(torch.optim.Optimizer):
             self.state[MEMORY_KEY] = mem
         return mem
 
-    def _write(self, mem: dict, tokens: list[torch.Tensor], items: list) -> None:
+    def _write(self, mem: dict, tokens: list[torch.Tensor], items: list, impl: str) -> None:
         """One GD step of φ on the internal objective, then retention towards φ₀."""
         opts = self.options
         total = sum(x.shape[0] for x in tokens)
@@ -166,15 +177,10 @@ class DMGD(torch.optim.Optimizer):
             rows.append(x[offset::stride])
         if not rows or sum(r.shape[0] for r in rows) == 0:
             return
-        x = torch.cat(rows)
-        with torch.enable_grad():
-            v = mem["V"].detach().requires_grad_()
-            u = mem["U"].detach().requires_grad_()
-            if opts.objective == "precond":
-                loss = _precond_loss(lambda t: _read({"V": v, "U": u}, t), x)
-            else:
-                loss = _recon_loss(lambda t: _read({"V": v, "U": u}, t), x, torch.cat(targets))
-            grad_v, grad_u = torch.autograd.grad(loss, (v, u))
+        loss, grad_v, grad_u = dmgd_mlp_inner_grad(
+            torch.cat(rows), mem["V"], mem["U"], objective=opts.objective,
+            target=torch.cat(targets) if targets else None, impl=impl,
+        )  # fmt: skip
         alpha = opts.retention
         mem["V"].sub_(grad_v, alpha=opts.memory_lr).sub_(mem["V0"]).mul_(alpha).add_(mem["V0"])
         mem["U"].sub_(grad_u, alpha=opts.memory_lr).mul_(alpha)  # U₀ = 0
@@ -189,29 +195,5 @@ def _tokens(t: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def _read(mem: dict, x: torch.Tensor) -> torch.Tensor:
-    """P_φ(x) = x + U relu(V x) for a batch of row tokens."""
-    return torch.addmm(x, torch.relu(x @ mem["V"].T), mem["U"].T)
-
-
-def _unit_rows(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    norms = x.norm(dim=1, keepdim=True) if scale is None else scale
-    return x / norms.clamp_min(torch.finfo(x.dtype).tiny)
-
-
-def _precond_loss(memory, x: torch.Tensor) -> torch.Tensor:
-    """Token-space orthogonality (Eq. 43): ‖C / s − I‖²_F / d with C the output covariance."""
-    xn = _unit_rows(x)
-    n, d = xn.shape
-    out = memory(xn)
-    cov = out.T @ out / n
-    s = xn.square().sum() / (n * d)  # trace of the input covariance / d: keeps the step size
-    if s == 0:
-        return out.sum() * 0
-    return (cov / s - torch.eye(d, dtype=x.dtype, device=x.device)).square().sum() / d
-
-
-def _recon_loss(memory, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """½ mean ‖P(x) − target‖², each pair scaled by the larger of its two norms."""
-    scale = torch.maximum(x.norm(dim=1, keepdim=True), target.norm(dim=1, keepdim=True))
-    out = memory(_unit_rows(x, scale))
-    return 0.5 * (out - _unit_rows(target, scale)).square().sum(dim=1).mean()
+    """P_φ(x) = x + U relu(V x) for a batch of row tokens (the PyTorch reference)."""
+    return read_chunk(x, mem["V"], mem["U"])
