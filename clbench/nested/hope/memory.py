@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clbench.kernels.dgd_rule import chunk_gates, dgd_rule_step
+from clbench.kernels.mlp_memory import mlp_memory
 
 # TitansOptions.kernels -> the `impl` of the kernel dispatch (`clbench.kernels.dgd_rule`)
 KERNEL_CHOICES = {"auto": "auto", "reference": "chunk", "triton": "triton"}
@@ -172,34 +173,49 @@ class MLPMemory(MemoryBank):
         return z + F.silu(z @ state["s2"]) @ state["s1"]
 
     def self_update(self, state, keys, values, eta, alpha, queries):
+        if not self.rule.momentum:
+            return self._kernel_update(state, keys, values, eta, alpha, queries, self_modifying=True)
         # One forward pass over keys and values stacked: M(k) for the error, M(v) as targets.
         n, both = keys.shape[-2], torch.cat([keys, values], dim=-2)
         z = both @ state["s2"]
         a = F.silu(z)
         out = both + a @ state["s1"]
         err = out[..., :n, :] - out[..., n:, :]
-        return self._update(state, keys, z[..., :n, :], a[..., :n, :], err, eta, alpha, queries)
+        return self._momentum_update(state, keys, z[..., :n, :], a[..., :n, :], err, eta, alpha, queries)
 
     def chunk_update(self, state, keys, targets, eta, alpha, queries):
+        if not self.rule.momentum:
+            return self._kernel_update(state, keys, targets, eta, alpha, queries, self_modifying=False)
         z = keys @ state["s2"]
         a = F.silu(z)
-        return self._update(state, keys, z, a, keys + a @ state["s1"] - targets, eta, alpha, queries)
+        return self._momentum_update(state, keys, z, a, keys + a @ state["s1"] - targets, eta, alpha, queries)
 
-    def _update(self, state, keys, z, a, err, eta, alpha, queries):
-        """z, a: hidden pre-activations and activations of the keys; err = M(k) - v_hat."""
+    def _kernel_update(self, state, keys, values, eta, alpha, queries, *, self_modifying: bool):
+        """Without momentum the whole chunk is one K2 op (`clbench.kernels.mlp_memory`): the
+        forward at the chunk-start weights, the hand backprop and both DGD writes. "auto" runs
+        the fused Triton kernel on CUDA and, on CPU, the chunked path, which is this class's
+        former code operation for operation (results unchanged to the bit)."""
+        o, s2, s1 = mlp_memory(
+            queries, keys, values, eta, alpha, state["s2"], state["s1"],
+            chunk_size=keys.shape[-2], dgd=self.rule.dgd, self_modifying=self_modifying,
+            stop_grad_writes=self.rule.stop_grad_writes, impl=KERNEL_CHOICES[self.rule.kernels],
+            check_values=False,  # the layer keeps eta, alpha in range and checks its results
+        )  # fmt: skip
+        return {"s2": s2, "s1": s1}, o
+
+    def _momentum_update(self, state, keys, z, a, err, eta, alpha, queries):
+        """With momentum (no closed form together with DGD, §9.2 K2): the token loop of
+        `momentum_rule` over the chunk-start gradients. z, a: hidden pre-activations and
+        activations of the keys; err = M(k) - v_hat."""
         s2, s1 = state["s2"], state["s1"]
         # Backprop of 1/2 ||k + W1 silu(W2 k) - v_hat||^2 at the chunk-start weights, by hand:
         # errors per token, so each token's gradient is rank one (E A^T for W1, D k^T for W2).
         hidden_err = (err @ s1.transpose(-1, -2)) * silu_grad(z)
         # W2 (input side) gets the DGD factor; its reads give the hidden pre-activations of
         # the queries, whose silu are the queries of W1 (plain retention, no DGD).
-        gates = self._gates(alpha)
-        z_q, s2, m2 = self._write(queries, keys, -hidden_err, eta, alpha, s2, state.get("m2"), dgd=self.rule.dgd, gates=gates)
-        h_q, s1, m1 = self._write(F.silu(z_q), a, -err, w1_step(eta, a), alpha, s1, state.get("m1"), dgd=False, gates=gates)
-        new = {"s2": s2, "s1": s1}
-        if self.rule.momentum:
-            new["m2"], new["m1"] = m2, m1
-        return new, queries + h_q
+        z_q, s2, m2 = self._write(queries, keys, -hidden_err, eta, alpha, s2, state["m2"], dgd=self.rule.dgd)
+        h_q, s1, m1 = self._write(F.silu(z_q), a, -err, w1_step(eta, a), alpha, s1, state["m1"], dgd=False)
+        return {"s2": s2, "s1": s1, "m2": m2, "m1": m1}, queries + h_q
 
 
 def make_memory(kind: str, groups: int, dim: int, hidden: int, rule: InnerRule) -> MemoryBank:
