@@ -23,6 +23,10 @@ A step where some gradients are None or where tensors have different step counts
 task-IL head without gradient in a chunk) runs on "chunk" even when "triton" is asked
 for: only the reference paths skip individual tensors, as torch.optim does.
 `cms_step` returns the implementation that ran.
+
+`flat_level_from_optimizer` builds a level doing what a torch.optim optimizer does;
+`export_optimizer_state` / `import_optimizer_state` map its state to and from torch.optim's
+layout, so a checkpoint (`MultiRateOptimizer.state_dict`) loads with or without the kernel.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ __all__ = [
     "cms_step",
     "cms_step_chunk",
     "cms_step_naive",
+    "export_optimizer_state",
+    "flat_level_from_optimizer",
+    "import_optimizer_state",
     "resolve_impl",
     "rule_from_optimizer",
 ]
@@ -213,3 +220,64 @@ def rule_from_optimizer(optimizer: torch.optim.Optimizer) -> Rule:
     else:
         kwargs.update(betas=tuple(float(b) for b in group["betas"]), eps=float(group["eps"]))
     return Rule(name, **kwargs)
+
+
+def export_optimizer_state(level: FlatLevel, optimizer: torch.optim.Optimizer) -> None:
+    """Write the level's optimizer state into `optimizer.state` as torch.optim keeps it, so
+    `optimizer.state_dict()` saves the level and any optimizer of that type can load it.
+
+    `optimizer` is the one `level.rule` came from (`rule_from_optimizer`), over the level's
+    parameters. A parameter never updated has no entry (as in torch.optim); an updated one
+    gets its buffers as views of the flat ones (no copy) and, for Adam/AdamW, its `step`.
+    """
+    buffers = level.state_views()
+    scalar_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    optimizer.state.clear()
+    for j, (p, steps) in enumerate(zip(level.params, level.steps, strict=True)):
+        entry = {name: views[j] for name, views in buffers.items()}
+        if level.rule.name != "sgd" and steps:
+            entry["step"] = torch.tensor(float(steps), dtype=scalar_dtype)
+        if steps and entry:  # plain SGD keeps no state at all
+            optimizer.state[p] = entry
+
+
+@torch.no_grad()
+def import_optimizer_state(level: FlatLevel, optimizer: torch.optim.Optimizer) -> None:
+    """Copy `optimizer.state` in torch.optim's layout (e.g. just loaded by its
+    `load_state_dict`) into the level's flat buffers and step counts: the inverse of
+    `export_optimizer_state`. SGD keeps no step count: a parameter with a momentum buffer
+    counts as updated once (SGD's arithmetic does not use the count)."""
+    buffers = level.state_views()
+    for j, p in enumerate(level.params):
+        entry = optimizer.state.get(p, {})
+        for name, views in buffers.items():
+            saved = entry.get(name)
+            if saved is None:  # never updated: torch.optim has no buffer yet
+                views[j].zero_()
+            else:
+                views[j].copy_(saved)
+        if "step" in entry:
+            level.steps[j] = int(entry["step"])
+        else:
+            level.steps[j] = int(any(entry.get(name) is not None for name in buffers))
+
+
+def flat_level_from_optimizer(optimizer: torch.optim.Optimizer) -> FlatLevel:
+    """A level over `optimizer`'s parameters that does its arithmetic (its rule and state).
+
+    ValueError naming the reason when `cms_step` cannot reproduce it: no rule (see
+    `rule_from_optimizer`), a fused or capturable torch.optim (other rounding), sparse or
+    integer parameters, or parameters on several devices or of several dtypes.
+    """
+    rule = rule_from_optimizer(optimizer)
+    group = optimizer.param_groups[0]
+    special = [k for k in ("fused", "capturable") if group.get(k)]
+    if special:
+        raise ValueError(
+            f"cms_step does not reproduce {type(optimizer).__name__}({special[0]}=True)"
+        )
+    if any(p.is_sparse or not p.is_floating_point() for p in group["params"]):
+        raise ValueError("cms_step needs dense floating-point parameters")
+    level = FlatLevel(group["params"], rule)
+    import_optimizer_state(level, optimizer)
+    return level
