@@ -4,6 +4,10 @@ K1, gated DGD rule (`clbench.kernels.dgd_rule`), fp32, chunk size 16, DGD term o
 before write: the chunked reference, `torch.compile` of it, and the Triton forward, forward
 only and forward + backward, the latter with the Triton backward kernel and with the backward
 recomputed through the reference (the forward row is the same kernel for both).
+K2, MLP memory with the DGD rule (`clbench.kernels.mlp_memory`), fp32, self-modifying
+targets, DGD on, chunk 16 (semantic), B=8, G=8, T=2048, d=64, h=128 (CPU: T=256): the
+chunked reference, torch.compile of it, the fused Triton forward (backward recomputed
+through the reference). FLOPs per (b, g, token): 2 (10dh + 3Cd + 3Ch), fwd+bwd as 3x.
 K3, CMS accumulate-and-step (`clbench.kernels.cms_step`), fp32: 4 equal levels, each one
 MLP block (fc1, fc2 with biases), stepped with SGD+momentum and with AdamW; "accumulate" is
 a not-due step of all levels, "due" a step where all levels update, and "per iter" the
@@ -42,6 +46,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from clbench.kernels.cms_step import FlatLevel, Rule, cms_step  # noqa: E402
 from clbench.kernels.dgd_rule import dgd_rule_chunk  # noqa: E402
+from clbench.kernels.mlp_memory import mlp_memory  # noqa: E402
+from clbench.kernels.mlp_memory.testing import random_inputs as k2_inputs  # noqa: E402
 
 CHUNK = 16
 K3_RULES = {
@@ -126,6 +132,46 @@ def k1_rows(device: str, shape: tuple[int, ...], compile_: bool, ms) -> list[tup
     return rows
 
 
+# ---- K2 ------------------------------------------------------------------------------
+
+
+def k2_rows(device: str, shape: tuple[int, ...], compile_: bool, ms) -> list[tuple]:
+    """HOPE's MLP memory over a whole sequence: forward, and forward + backward."""
+    B, G, T, d, h = shape
+    inputs = k2_inputs(B, G, T, d, h, dtype=torch.float32, device=device)
+    flags = {"chunk_size": CHUNK, "self_modifying": True, "check_values": False}
+    impls: dict[str, Callable] = {"chunk": lambda *x: mlp_memory(*x, **flags, impl="chunk")}
+    if compile_:
+        impls["chunk + torch.compile"] = torch.compile(impls["chunk"])
+    if device == "cuda":
+        impls["triton"] = lambda *x: mlp_memory(*x, **flags, impl="triton")
+    flops = B * G * T * 2 * (10 * d * h + 3 * CHUNK * d + 3 * CHUNK * h)
+    rows = []
+    for name, fn in impls.items():
+        leaves = [x.clone().requires_grad_() for x in inputs]
+
+        def forward(fn=fn):
+            with torch.no_grad():
+                fn(*inputs)
+
+        def forward_backward(fn=fn, leaves=leaves):
+            sum(y.sum() for y in fn(*leaves)).backward()
+            for x in leaves:
+                x.grad = None
+
+        for mode, run, n_flops in (
+            ("fwd", forward, flops),
+            ("fwd+bwd", forward_backward, 3 * flops),
+        ):
+            case = f"{mode}, B={B} G={G} T={T} d={d} h={h}"
+            try:
+                t = ms(run)
+                rows.append(("K2", name, case, t, f"{n_flops / t / 1e6:.1f} GFLOP/s"))
+            except Exception as err:  # torch.compile may fail on some setups: report it
+                rows.append(("K2", name, case, None, f"failed: {type(err).__name__}"))
+    return rows
+
+
 # ---- K3 ------------------------------------------------------------------------------
 
 
@@ -199,6 +245,7 @@ def main() -> None:
     ms = timer(device, args.runs)
 
     rows = k1_rows(device, k1_shape, compile_, ms) + k3_rows(device, width, hidden, ms)
+    rows += k2_rows(device, (8, 8, 256 if small else 2048, 64, 128), compile_, ms)
     lines = ["| kernel | impl | case | median ms | throughput |", "|---|---|---|---|---|"]
     for kernel, impl, case, t, rate in rows:
         lines.append(
