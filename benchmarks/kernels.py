@@ -1,4 +1,4 @@
-"""Speed of the Triton kernels against their PyTorch references (K1 dgd_rule, K3 cms_step).
+"""Speed of the Triton kernels against their PyTorch references (K1 dgd_rule, K3 cms_step, K4 dmgd_mlp).
 
 K1, gated DGD rule (`clbench.kernels.dgd_rule`), fp32, chunk size 16, DGD term on, read
 before write: the chunked reference, `torch.compile` of it, and the Triton forward, forward
@@ -12,6 +12,11 @@ K3, CMS accumulate-and-step (`clbench.kernels.cms_step`), fp32: 4 equal levels, 
 MLP block (fc1, fc2 with biases), stepped with SGD+momentum and with AdamW; "accumulate" is
 a not-due step of all levels, "due" a step where all levels update, and "per iter" the
 mean cost of one iteration when the levels have periods 1, 4, 16 and 64.
+K4, DMGD row-MLP (`clbench.kernels.dmgd_mlp`), fp32, d=64, h=16: the read P(x) over all
+N = 10M/d (CPU 1M/d) gradient tokens, and the inner gradient of each write objective on
+one write's 1024 tokens and on all N; chunk (the reference), torch.compile of it, triton.
+Its throughput: 8 B per element moved by the fused kernels, and the matmul FLOPs per row
+(read 4dh; l2_recon 10dh; precond 14dh + 4d²).
 
 Sizes: CUDA B=8, T=2048, H=8, K=V=64 and 10M CMS parameters; CPU (`--cpu-small`, the
 default without CUDA) T=256 and 1M parameters. Timing: `triton.testing.do_bench` (median)
@@ -46,6 +51,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from clbench.kernels.cms_step import FlatLevel, Rule, cms_step  # noqa: E402
 from clbench.kernels.dgd_rule import dgd_rule_chunk  # noqa: E402
+from clbench.kernels.dmgd_mlp import OBJECTIVES as DMGD_OBJECTIVES  # noqa: E402
+from clbench.kernels.dmgd_mlp import dmgd_mlp_inner_grad, dmgd_mlp_read  # noqa: E402
 from clbench.kernels.mlp_memory import mlp_memory  # noqa: E402
 from clbench.kernels.mlp_memory.testing import random_inputs as k2_inputs  # noqa: E402
 
@@ -208,6 +215,53 @@ def k3_rows(device: str, width: int, hidden: int, ms) -> list[tuple]:
     return rows
 
 
+# ---- K4 ------------------------------------------------------------------------------
+
+K4_SHAPE = (64, 16)  # DMGD token_dim d and hidden h
+K4_WRITE_TOKENS = 1024  # DMGD's default memory_tokens: the rows of one memory write
+
+
+def k4_rows(device: str, n_elements: int, compile_: bool, ms) -> list[tuple]:
+    """DMGD row-MLP: the read over all N = n_elements / d gradient tokens, and the inner
+    gradient of each objective on one write's subsample and on all N tokens."""
+    d, h = K4_SHAPE
+    n = n_elements // d
+    g = torch.Generator().manual_seed(0)
+    x, target = (torch.randn(n, d, generator=g).to(device) for _ in range(2))
+    v = (torch.randn(h, d, generator=g) / d**0.5).to(device)
+    u = (0.1 * torch.randn(d, h, generator=g)).to(device)
+    # (case, fn(impl), rows, FLOPs per row); bytes: 8 per element for every case (read x,
+    # write y / read x and target / read x in each of precond's two passes)
+    cases = [(f"read, {n} tokens", lambda impl: dmgd_mlp_read(x, v, u, impl=impl), n, 4 * d * h)]
+    for objective in DMGD_OBJECTIVES:
+        # forward 4dh, ∇U 2dh, R U 2dh, ∇V 2dh; precond adds its Gram pass (forward 4dh,
+        # PᵀP 2d²) and R = P M (2d²)
+        flops = 10 * d * h + (4 * d * h + 4 * d * d if objective == "precond" else 0)
+        for rows in sorted({min(K4_WRITE_TOKENS, n), n}):
+            goal = target[:rows] if objective == "l2_recon" else None
+
+            def grad(impl, rows=rows, objective=objective, goal=goal):
+                return dmgd_mlp_inner_grad(
+                    x[:rows], v, u, objective=objective, target=goal, impl=impl
+                )
+
+            cases.append((f"{objective} inner grad, {rows} tokens", grad, rows, flops))
+    impls = ["chunk"] + (["triton"] if device == "cuda" else [])
+    rows_out = []
+    for case, fn, rows, flops in cases:
+        runs = {impl: functools.partial(fn, impl) for impl in impls}
+        if compile_:
+            runs["chunk + torch.compile"] = torch.compile(runs["chunk"])
+        for name, run in runs.items():
+            try:
+                t = ms(run)
+                rate = f"{8 * rows * d / t / 1e6:.1f} GB/s, {rows * flops / t / 1e6:.1f} GFLOP/s"
+                rows_out.append(("K4", name, f"{case}, d={d}, h={h}", t, rate))
+            except Exception as err:  # torch.compile may fail on some setups: report it
+                rows_out.append(("K4", name, case, None, f"failed: {type(err).__name__}"))
+    return rows_out
+
+
 # ---- report --------------------------------------------------------------------------
 
 
@@ -246,6 +300,7 @@ def main() -> None:
 
     rows = k1_rows(device, k1_shape, compile_, ms) + k3_rows(device, width, hidden, ms)
     rows += k2_rows(device, (8, 8, 256 if small else 2048, 64, 128), compile_, ms)
+    rows += k4_rows(device, 1_000_000 if small else 10_000_000, compile_, ms)
     lines = ["| kernel | impl | case | median ms | throughput |", "|---|---|---|---|---|"]
     for kernel, impl, case, t, rate in rows:
         lines.append(
