@@ -130,10 +130,12 @@ def load_clinc150(root, download: bool) -> Clinc150:
         raise CorruptDataError(f"{domains_path}: an intent is listed twice or is named {OOS!r}")
     index = {name: i for i, name in enumerate(class_names)}
     data = _read_json(data_path)
+    if not isinstance(data, dict):
+        raise CorruptDataError(f"{data_path}: expected an object of split name -> list of rows")
     splits = {}
     for split in CLINC_SPLITS:
-        if split not in data:
-            raise CorruptDataError(f"{data_path} has no {split!r} entry")
+        if not isinstance(data.get(split), list):
+            raise CorruptDataError(f"{data_path} has no {split!r} list")
         texts, labels = [], []
         for i, row in enumerate(data[split]):
             if not (isinstance(row, list) and len(row) == 2 and all(isinstance(f, str) for f in row)):
@@ -392,7 +394,6 @@ class MiniLMTokenizer:
             np.array([not p for p in pieces], dtype=bool),
             sum(len(p) > body for p in pieces),
         )
-
 
     def _pieces(self, texts: list[str]) -> list[list[int]]:
         if not texts:  # the backend fails on an empty batch

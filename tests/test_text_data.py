@@ -140,8 +140,8 @@ def test_clinc_bad_rows_name_file_and_line(tmp_path):
     (folder / "data_full.json").write_text('{"train": [\n["a", "visa"],\n["b" "visa"]]}')
     with pytest.raises(CorruptDataError, match=r"data_full.json line 3: invalid JSON"):
         load_clinc150(tmp_path, download=False)
-    (folder / "data_full.json").write_text('{"train": []}')
-    with pytest.raises(CorruptDataError, match="has no 'val' entry"):
+    (folder / "data_full.json").write_text('{"train": [], "val": {}}')
+    with pytest.raises(CorruptDataError, match="data_full.json has no 'val' list"):
         load_clinc150(tmp_path, download=False)
 
 

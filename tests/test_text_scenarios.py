@@ -222,3 +222,14 @@ def test_bad_options_are_config_errors(scenario, key, value, message):
 def test_text_streams_default_to_the_hope_token_model():
     for name in ("clinc150", "banking77", "20news"):
         assert resolve_config(name, "naive", profile="smoke").model == "hope"
+
+
+def test_text_cell_trains_end_to_end(tmp_path, one_torch_thread):
+    """A clinc150 cell on fixture files: token ids through Avalanche into the default model."""
+    from clbench.runner import run_cell
+
+    write_clinc(tmp_path / "data")
+    cfg = resolve_config("clinc150", "naive", profile="smoke", overrides={"scenario.max_len": 8})
+    result = run_cell(cfg, tmp_path / "run", data_root=tmp_path / "data", progress=False)
+    assert result["status"] == "ok", result["traceback"]
+    assert np.array(result["matrix"]).shape == (3, 3)
