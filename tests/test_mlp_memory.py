@@ -229,6 +229,8 @@ FORWARD_CASES = {
 }
 FORWARD_CASES["B1-G1-C5"] = {"B": 1, "G": 1, "T": 12, "d": 7, "h": 20, "chunk_size": 5}
 FORWARD_CASES["B1-G1-T1"] = {"B": 1, "G": 1, "T": 1, "chunk_size": 4, "self_modifying": True}
+# Γ underflows inside a chunk: the log-space ratios must stay finite.
+FORWARD_CASES["strong-decay"] = {"T": 8, "chunk_size": 8, "self_modifying": True, "alpha": 1e-30}
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -236,10 +238,12 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def forward_case(chunk_size, dgd=True, self_modifying=False, **shape):
+def forward_case(chunk_size, dgd=True, self_modifying=False, alpha=None, **shape):
     from clbench.kernels.mlp_memory.triton import mlp_memory_triton_forward
 
     x = random_inputs(**{"B": 2, "G": 2, **shape}, seed=chunk_size, dtype=torch.float32)
+    if alpha is not None:
+        x = (*x[:4], torch.full_like(x[4], alpha), *x[5:])
     shapes = [x[0].shape, x[5].shape, x[6].shape]
     buffers = [torch.full((math.prod(s) + GUARD,), float("nan")) for s in shapes]
     out = tuple(buf[: math.prod(s)].view(s) for buf, s in zip(buffers, shapes, strict=True))

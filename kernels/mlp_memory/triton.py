@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..dgd_rule.triton import _solve_unit_lower
+from ..dgd_rule.triton import _chunk_log_gates, _solve_unit_lower
 from .checks import check_inputs
 from .chunk import mlp_memory_chunk
 
@@ -61,8 +61,6 @@ def _mlp_memory_fwd_kernel(
     hd_offs = cols_h[:, None] * D + cols_d[None, :]
     dh_mask = mask_d[:, None] & mask_h[None, :]
     hd_mask = mask_h[:, None] & mask_d[None, :]
-    strict = rows[:, None] > rows[None, :]  # i < t
-    inclusive = rows[:, None] >= rows[None, :]  # i <= t
 
     s2 = tl.load(s2_in + bg * D * HID + dh_offs, mask=dh_mask, other=0.0).to(tl.float32)
     s1 = tl.load(s1_in + bg * HID * D + hd_offs, mask=hd_mask, other=0.0).to(tl.float32)
@@ -89,14 +87,8 @@ def _mlp_memory_fwd_kernel(
         err = k_c + tl.dot(a, s1, input_precision="ieee") - target  # [BT, BD]
         hidden_err = tl.dot(err, tl.trans(s1), input_precision="ieee") * (sig * (1 + z * (1 - sig)))
 
-        # Gates as in K1: cumulative log gates as masked row sums, the mask before the exp.
-        log_alpha = tl.log(alpha_c)
-        log_gamma = tl.sum(tl.where(inclusive, log_alpha[None, :], 0.0), axis=1)
-        log_gamma_prev = tl.sum(tl.where(strict, log_alpha[None, :], 0.0), axis=1)
-        log_gamma_end = tl.sum(tl.where(rows == BT - 1, log_gamma, 0.0), axis=0)
-        decay_prev = tl.exp(
-            tl.where(strict, log_gamma_prev[:, None] - log_gamma[None, :], float("-inf"))
-        )
+        # K1's gates: cumulative log gates as masked row sums, the mask before the exp.
+        log_gamma, log_gamma_prev, log_gamma_end, decay_prev = _chunk_log_gates(alpha_c, rows, BT)
         gamma_prev = tl.exp(log_gamma_prev)[:, None]
         end_ratio = tl.exp(log_gamma_end - log_gamma)[:, None]
         gamma_end = tl.exp(log_gamma_end)
