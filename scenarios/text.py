@@ -15,6 +15,7 @@ first tokens and counted: `info.extra["text_stats"]` holds both, per split.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -174,7 +175,9 @@ def classification_stream(
         "text_stats": {"train": train_stats, "test": test_stats},
     }
     if opts.tokenizer == "word":
-        extra["vocabulary"] = tokenizer.itos
+        # Not the word list itself: it can hold 20,000 words and info.extra is stored with
+        # every cell's result. Its SHA-256 identifies it (WordTokenizer rebuilds it).
+        extra["vocabulary_sha256"] = hashlib.sha256("\n".join(tokenizer.itos).encode()).hexdigest()
     info = ScenarioInfo(name, "class_il", len(groups), len(class_names), (opts.max_len,), groups, extra=extra)
     return TensorStream(info, train_exps, test_exps)
 

@@ -87,7 +87,7 @@ def test_real_smoke_streams(name, n_classes, n_experiences):
     stats = stream.info.extra["text_stats"]
     assert stats["train"]["texts"] == 4 * n_classes and stats["test"]["texts"] == 2 * n_classes
     assert stats["train"]["kept"] == sum(len(e) for e in stream.train)
-    assert stream.info.extra["vocabulary"][:2] == ["[PAD]", "[UNK]"]
+    assert len(stream.info.extra["vocabulary_sha256"]) == 64
     benchmark = stream.to_benchmark()
     assert len(benchmark.train_stream) == n_experiences
 
@@ -151,8 +151,10 @@ def test_banking_seeded_class_order_and_word_vocabulary(tmp_path):
     other = build("banking77", tmp_path, profile="full", seed=2)
     assert other.info.extra["class_order"] != a.info.extra["class_order"]
     assert sorted(a.info.extra["class_order"]) == list(range(77)) and all(len(c) == 11 for c in a.info.classes_per_exp)
-    # The vocabulary comes from every experience's training texts: all 77 intent numbers are in it.
-    assert {f"{i:02d}" for i in range(77)} <= set(a.info.extra["vocabulary"])
+    # The vocabulary comes from every experience's training texts, so it holds all 77 intent
+    # numbers: [PAD], [UNK], where/oh/is/intent, "00".."76" and the row numbers "0".."3".
+    assert a.info.extra["vocab_size"] == 2 + 4 + 77 + 4
+    assert a.info.extra["vocabulary_sha256"] == other.info.extra["vocabulary_sha256"]
     fixed = build("banking77", tmp_path, profile="full", n_experiences=11, fixed_class_order=list(range(76, -1, -1)))
     assert fixed.info.classes_per_exp[0] == [76, 75, 74, 73, 72, 71, 70]
     write_banking(tmp_path, categories=categories[:10])
