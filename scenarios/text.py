@@ -294,7 +294,7 @@ def char_windows(ids: torch.Tensor, context: int, stride: int) -> tuple[torch.Te
 @register_scenario(
     "brown_lm", description="Brown corpus character LM, domain-IL: one experience per genre "
     "(news, religion, hobbies, learned, fiction, humor by default); metric: bits per character",
-    scenario_type="domain_il", options=BrownOptions, profiles=BROWN_PROFILES,
+    scenario_type="domain_il", options=BrownOptions, profiles=BROWN_PROFILES, default_model="gru",
 )
 def build_brown_lm(opts: BrownOptions, profile: str, seed: int, data_root, download: bool) -> TensorStream:
     """Character-level language modelling, one Brown genre per experience.

@@ -9,6 +9,7 @@ model, its forward in the inner loop and its backward in the outer loop.
 
 As in test_dgd_rule_triton.py, the interpreter run happens once in a fresh subprocess
 (TRITON_INTERPRET is read when the kernel is decorated); `main` prints one JSON line.
+Both memories: linear (kernel K1, `dgd_rule`) and the 2-layer MLP (kernel K2, `mlp_memory`).
 The dispatch of the one-chunk op itself is checked in-process.
 """
 
@@ -26,7 +27,7 @@ import torch
 from clbench.kernels.dgd_rule import dgd_rule_one_chunk, dgd_rule_step
 from clbench.kernels.dgd_rule.testing import random_inputs
 
-STEPS = 3
+STEPS = 2
 TOL = 1e-4
 
 
@@ -71,7 +72,7 @@ def train(kernels: str, memory: str, state: dict | None):
     g = torch.Generator().manual_seed(1)
     losses, grad_norms = [], []
     for _ in range(STEPS):
-        x, y = torch.randn(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g)
+        x, y = torch.randn(2, 1, 28, 28, generator=g), torch.randint(0, 10, (2,), generator=g)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -93,7 +94,7 @@ def main() -> None:
     from clbench.kernels.dgd_rule.triton import INTERPRETED
 
     torch.set_num_threads(1)
-    print(json.dumps({"interpreted": INTERPRETED, "linear": compare("linear")}))
+    print(json.dumps({"interpreted": INTERPRETED, "linear": compare("linear"), "mlp": compare("mlp")}))
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +109,10 @@ def interpreted():
 
 
 @pytest.mark.cpu_interpreter
-def test_hope_trains_the_same_through_the_triton_kernel(interpreted):
+@pytest.mark.parametrize("memory", ["linear", "mlp"])  # K1 (dgd_rule) and K2 (mlp_memory)
+def test_hope_trains_the_same_through_the_triton_kernel(interpreted, memory):
     assert interpreted["interpreted"]
-    result = interpreted["linear"]
+    result = interpreted[memory]
     assert result["losses"][0] > 0 and len(result["losses"]) == STEPS
     assert result["max_rel_loss_grad"] < TOL, result
     assert result["max_rel_weights"] < TOL, result

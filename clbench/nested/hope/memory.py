@@ -18,10 +18,11 @@ layout makes every read a plain batched matmul):
 Inner objective: 1/2 ||M(k_t) - v_hat_t||^2, its gradient taken at the chunk-start state (the
 floor index of §6.3, so the whole chunk's gradients are matmuls). Update rule, per token
 (Eq. 88, S = M^T layout): S_t = alpha_t S_{t-1} - eta_t k_t k_t^T S_{t-1} [DGD term] - eta_t grad_t.
-Every update is a `clbench.kernels.dgd_rule` chunk (closed form, or the Triton kernel
-on CUDA through `dgd_rule_step`) except
-with momentum, which has no closed form together with the DGD term (§9.2 K2): then a token
-loop over precomputed gradients runs instead (`momentum_rule`).
+Kernels (one dispatch each; Triton on CUDA, the PyTorch closed forms on CPU): a linear
+memory's chunk is one `clbench.kernels.dgd_rule` step (K1), an MLP memory's chunk one
+`clbench.kernels.mlp_memory` call (K2: forward at the chunk-start weights, hand backprop,
+both writes). With momentum there is no closed form together with the DGD term (§9.2 K2):
+a token loop over the chunk-start gradients runs instead (`momentum_rule`).
 
 Linear memory: M(z) = M z, state S [K, V] = M^T.
 MLP memory (Eq. 89/91): M(z) = z + W1 silu(W2 z), state (S2 = W2^T [d, h], S1 = W1^T [h, d]).
@@ -38,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clbench.kernels.dgd_rule import chunk_gates, dgd_rule_step
+from clbench.kernels.dgd_rule import dgd_rule_step
 from clbench.kernels.mlp_memory import mlp_memory
 
-# TitansOptions.kernels -> the `impl` of the kernel dispatch (`clbench.kernels.dgd_rule`)
+# TitansOptions.kernels -> the `impl` of the kernel dispatches (dgd_rule, mlp_memory)
 KERNEL_CHOICES = {"auto": "auto", "reference": "chunk", "triton": "triton"}
 
 
@@ -107,13 +108,7 @@ class MemoryBank(nn.Module):
         """chunk_update with self-generated targets M(values) read at the chunk-start state."""
         return self.chunk_update(state, keys, self.read(state, values), eta, alpha, queries)
 
-    def _gates(self, alpha):
-        """Retention products of a chunk, computed once for all of a memory's writes."""
-        if self.rule.momentum:
-            return None  # the token loop uses alpha directly
-        return chunk_gates(alpha.detach() if self.rule.stop_grad_writes else alpha)
-
-    def _write(self, q, k, w, eta, alpha, s, m, *, dgd: bool, gates=None):
+    def _write(self, q, k, w, eta, alpha, s, m, *, dgd: bool):
         """Advance one state matrix over a chunk; returns (reads S_{t-1}^T q_t, S, momentum)."""
         if self.rule.stop_grad_writes:
             k, w, eta, alpha = k.detach(), w.detach(), eta.detach(), alpha.detach()
@@ -122,7 +117,7 @@ class MemoryBank(nn.Module):
             # own results for NaN/inf, so the unchecked per-chunk body is enough. "auto"
             # runs the Triton kernel on CUDA and the chunked closed form on CPU.
             impl = KERNEL_CHOICES[self.rule.kernels]
-            o, s = dgd_rule_step(q, k, w, eta, alpha, s, dgd=dgd, gates=gates, impl=impl)
+            o, s = dgd_rule_step(q, k, w, eta, alpha, s, dgd=dgd, impl=impl)
             return o, s, m
         return momentum_rule(q, k, w, eta, alpha, torch.sigmoid(self.momentum_logit), s, m, dgd=dgd)
 
