@@ -152,7 +152,7 @@ def non_contiguous_case():
 
 def dispatch_case():
     x, _, v, u = make_inputs(9, 6, 4)
-    wide = torch.zeros(3, 200)  # d = 200 > MAX_D
+    wide = torch.zeros(3, 65)  # d = 65 > MAX_D
     os.environ["CLBENCH_KERNELS"] = "triton"
     by_env = (resolve_impl("auto", x, 4), resolve_impl("auto", wide, 4))
     env_read = dmgd_mlp_read(x, v, u)
@@ -227,11 +227,12 @@ def test_resolve_impl_rules(monkeypatch):
     monkeypatch.delenv("CLBENCH_KERNELS", raising=False)
     if importlib.util.find_spec("triton") is not None:
         assert resolve_impl("auto", gpu(), 8) == "triton"
+        assert resolve_impl("auto", gpu(d=64), 32) == "triton"  # the largest tiles taken
     assert resolve_impl("auto", cpu, 8) == "chunk"
     assert resolve_impl("auto", gpu(dtype=torch.float16), 8) == "chunk"  # fp32-only kernels
     assert resolve_impl("auto", gpu(dtype=torch.float64), 8) == "chunk"
-    assert resolve_impl("auto", gpu(d=200), 8) == "chunk"  # beyond the register tiles
-    assert resolve_impl("auto", gpu(), 100) == "chunk"
+    assert resolve_impl("auto", gpu(d=65), 8) == "chunk"  # beyond the register tiles
+    assert resolve_impl("auto", gpu(), 33) == "chunk"
     assert resolve_impl("naive", gpu(), 8) == "naive"
     monkeypatch.setattr(dgd_pkg, "_triton_installed", lambda: False)
     assert resolve_impl("auto", gpu(), 8) == "chunk"
@@ -268,8 +269,8 @@ def test_triton_refuses_what_it_cannot_run():
     x, _, v, u = make_inputs(4, 6, 3)
     with pytest.raises(ValueError, match=r"float32 only; got torch.float64 \(d=6, h=3"):
         dmgd_mlp_read(x.double(), v.double(), u.double(), impl="triton")
-    wide = make_inputs(4, 130, 3)
-    with pytest.raises(ValueError, match=r"take d <= 128 and h <= 64 .*\(d=130, h=3"):
+    wide = make_inputs(4, 65, 3)
+    with pytest.raises(ValueError, match=r"take d <= 64 and h <= 32 .*\(d=65, h=3"):
         dmgd_mlp_inner_grad(wide[0], *wide[2:], objective="precond", impl="triton")
     if kernel_module.INTERPRETED:  # this pytest process itself runs under the interpreter
         return
@@ -303,7 +304,8 @@ def test_kernels_compile_for_sm90():
         src = ASTSource(
             kernel, signature | dict.fromkeys(constants, "constexpr"), constexprs=constants
         )
-        assert triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"], kernel
+        options = {"num_warps": km.NUM_WARPS}
+        assert triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["cubin"]
 
 
 # ---- interpreter tests (in the pytest process) --------------------------------------

@@ -8,7 +8,7 @@ activations relu(x Vᵀ) [BN, h] never leave registers.
   write y) against about 16 B for the three-op reference plus its [N, h] intermediate.
 - `_grad_partials_kernel`: rescales the rows as the objective does, evaluates the memory,
   forms the output residual r (l2_recon: P(x̂) − t̂; precond: P(x̂) M with M = ∂loss/∂C
-  symmetrised, 2/n included) and accumulates r̃ᵀa and ((r U) ⊙ 1[z > 0])ᵀ x̂ over its tiles.
+  symmetrised, 2/n included) and accumulates rᵀa and ((r U) ⊙ 1[z > 0])ᵀ x̂ over its tiles.
 - `_gram_partials_kernel`: precond's first pass, Σ P(x̂)ᵀP(x̂) and Σ ‖x̂‖².
 - `_sum_partials_kernel`: the second pass. Each program writes its partial sums to its own
   row of a [P, K] buffer and this kernel adds the rows in program order: no atomics, so two
@@ -18,9 +18,13 @@ activations relu(x Vᵀ) [BN, h] never leave registers.
 All arithmetic is fp32 with "ieee" dots (no TF32) and IEEE-rounded division and sqrt
 (Triton's default fp32 `/` is approximate on NVIDIA). d and h need not be powers of two:
 tiles are padded to powers of two (at least 16 when compiled, the smallest `tl.dot` tile)
-with masked loads; padded columns load as 0 and contribute exactly 0. The register tiles
-limit d <= MAX_D and h <= MAX_H (checked in `check_supported`). BN and the warp counts are
-not tuned (no GPU was available when this was written).
+with masked loads; padded columns load as 0 and contribute exactly 0.
+
+Register budget (ptxas -v for sm_90, BN = 64, 8 warps; no GPU was at hand to time them):
+d = 32, h <= 16 (DMGD's default) 133-190 registers, no spills; d = 64, h = 16: the read
+does not spill, the gradient kernels spill ~0.4 KB per thread; d = 64, h = 32: ~0.3-1 KB;
+d = 128 spills 4-30 KB per thread, hence MAX_D = 64 and MAX_H = 32 (`check_supported`;
+"auto" runs larger memories on "chunk"). BN and the warp count are not tuned.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_D, MAX_H = 128, 64  # register tiles: [BN, d] rows, [d, d] Gram, [h, d] + [d, h] gradients
+MAX_D, MAX_H = 64, 32  # register tiles: [BN, d] rows, [d, d] Gram, [h, d] + [d, h] gradients
 DOT_PRECISION = tl.constexpr("ieee")  # fp32 FMA dots: no TF32 rounding of the gradients
 MAX_PROGRAMS = 512  # partial-sum rows of the reduction; about 4 per SM on an H100
 ROW_TILE = 64  # BN when compiled
+NUM_WARPS = 8  # 4 spill at d = 32 already (the fp32 FMA dots hold whole rows per thread)
 TINY = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(float32).tiny: the references' norm clamp
 
 
@@ -188,7 +193,7 @@ def _tiles(d: int, h: int, row_tile: int | None) -> dict:
     if not INTERPRETED and (bn < 16 or bn & (bn - 1)):
         raise ValueError(f"row_tile={bn} must be a power of two >= 16 when compiled")
     bd, bh = (max(triton.next_power_of_2(n), floor) for n in (d, h))
-    return {"BN": bn, "BD": bd, "BH": bh, "num_warps": 4 if bd <= 64 else 8}
+    return {"BN": bn, "BD": bd, "BH": bh, "num_warps": NUM_WARPS}
 
 
 def read_triton_forward(x, v, u, *, out=None, row_tile=None) -> torch.Tensor:

@@ -137,7 +137,7 @@ class DMGD(torch.optim.Optimizer):
             state = self.state[p]
             if "momentum_buffer" not in state:  # also for parameters Avalanche added later
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-            direction = dmgd_mlp_read(x, mem["V"], mem["U"], impl=impl)
+            direction = dmgd_mlp_read(x, mem["V"], mem["U"], impl=impl, check=False)
             direction = direction.reshape(-1)[: u.numel()].view_as(u)
             ps, bufs, dirs = updates.setdefault(id(group), ([], [], []))
             ps.append(p)
