@@ -167,3 +167,22 @@ def test_minilm_cms_levels_are_the_split_ffns():
     assert all(".fc1.0." in n or ".fc2.0." in n for n in fast)
     assert any(n.endswith("dense.bias") for n in slow)  # the FFN output bias is the slowest level's
     assert any("attention" in n for n in outer) and any(n.startswith("classifier") for n in outer)
+
+
+def test_minilm_cache_and_batch_trimming_change_nothing(wordpiece_batch):
+    from clbench.text_encoder import build_minilm_finetune
+
+    torch.manual_seed(0)
+    cached = build_minilm_finetune(MINILM, "smoke").eval()
+    torch.manual_seed(0)
+    plain = build_minilm_finetune(MINILM, "smoke", cache_bottom=False).eval()
+    with torch.no_grad():
+        ref = plain(wordpiece_batch)
+        # First call fills the cache, the second reads it, the third reads one row alone
+        # (a shorter batch) and one row inside a longer padded batch.
+        assert torch.allclose(cached(wordpiece_batch), ref, atol=1e-5)
+        assert torch.allclose(cached(wordpiece_batch), ref, atol=1e-5)
+        assert torch.allclose(cached(wordpiece_batch[:1, :4]), ref[:1], atol=1e-5)
+        longer = torch.cat([wordpiece_batch, torch.zeros(2, 6, dtype=torch.long)], 1)
+        assert torch.allclose(cached(longer), ref, atol=1e-5)
+    assert len(cached.features.cache.rows) == 2  # one entry per distinct text
