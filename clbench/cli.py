@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 from clbench.errors import ClbenchError
@@ -28,6 +30,22 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    from clbench.engines import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: this machine (--jobs N processes); ray: one Ray task per cell (pip install 'clbench[dist]')")
+    p.add_argument("--address", help="ray: cluster to join, 'auto' or HOST:PORT (default: start a local one)")
+    p.add_argument("--cpus-per-cell", type=float, default=None, metavar="N", help="ray: CPUs per cell (default 1)")
+    p.add_argument("--gpus-per-cell", type=float, default=None, metavar="N", help="ray: GPUs per cell (default 0)")
+    p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
+                   help="kill a cell that runs longer and store it as failed (runs cells in worker processes)")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="re-run a cell whose worker process died up to N times, then store it as failed (default 2)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="torch deterministic algorithms: bit-identical GPU runs, or an error naming the op that has none")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clbench", description="Continual-learning benchmark suite on Avalanche.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", choices=PROFILES, default="quick")
     p.add_argument("--out", default="runs/single", help="run directory (default: runs/single)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="torch deterministic algorithms: bit-identical GPU runs, or an error naming the op that has none")
     _add_data_args(p)
 
     p = sub.add_parser("bench", help="run a suite file (scenarios x strategies x seeds), resumable")
@@ -50,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: runs/<suite name>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="skip cells that already have an ok result (default); --no-resume reruns them")
-    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel worker processes (default 1)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="local engine: cells run in parallel worker processes (default 1)")
     p.add_argument("--report", metavar="DIR", help="also write the report to DIR when the suite ends")
+    _add_engine_args(p)
     _add_data_args(p)
 
     p = sub.add_parser("report", help="build tables and plots from a run directory")
@@ -105,8 +127,11 @@ def cmd_run(args) -> int:
     _load_plugins(args.plugin)
     cfg = resolve_config(args.scenario, args.strategy, seed=args.seed, profile=args.profile,
                          overrides=parse_set_args(args.sets))
+    from clbench.engines import EngineOptions
+
     outcome = run_suite([cfg], Path(args.out), resume=False, data_root=args.data_root, download=args.download,
-                        progress=not args.quiet, suite_name=f"{cfg.scenario}/{cfg.label}")
+                        progress=not args.quiet, suite_name=f"{cfg.scenario}/{cfg.label}",
+                        options=EngineOptions(deterministic=args.deterministic))
     _print_cell_summary(Path(args.out), outcome)
     print("\n".join(outcome_lines(outcome)))
     return 0 if not outcome.failed else 1
@@ -119,7 +144,8 @@ def _print_cell_summary(run_dir: Path, outcome) -> None:
     for cid in outcome.ok:
         result = read_result(result_path(run_dir, cid))
         m = cell_metrics(result)
-        print(f"{cid}: ACC {m['acc']:.4f}  forgetting {m['forgetting']:.4f}  BWT {m['bwt']:.4f}  "
+        name = "BPC" if result.get("metric_name") == "bpc" else "ACC"  # final mean of the metric
+        print(f"{cid}: {name} {m['acc']:.4f}  forgetting {m['forgetting']:.4f}  BWT {m['bwt']:.4f}  "
               f"wall {result['wall_seconds']:.1f}s")
 
 
@@ -130,24 +156,71 @@ def cmd_bench(args) -> int:
     from clbench.suite import outcome_lines, run_suite
 
     suite = load_suite(args.suite)
+    options = engine_options(args)
     plugin_files = suite.plugin_files + [str(Path(p).resolve()) for p in args.plugin]
     _load_plugins(plugin_files)
-    if args.jobs < 1:
-        raise ClbenchError(f"bad --jobs {args.jobs}; must be >= 1")
     skipped: list[str] = []
     cells = expand_suite(suite, args.sets, skipped)  # validates every cell before anything runs
     for line in skipped:
         print(f"skipping {line}")
-    run_dir = Path(args.out or f"runs/{suite.name}")
-    outcome = run_suite(cells, run_dir, resume=args.resume, jobs=args.jobs, data_root=args.data_root,
-                        download=args.download, plugin_files=plugin_files, progress=not args.quiet,
-                        suite_name=suite.name)
-    summary = write_summary_csv(run_dir, run_dir / "summary.csv")
+    run_dir = Path(args.out) if args.out else default_run_dir(suite.name)
+    outcome = run_suite(cells, run_dir, resume=args.resume, data_root=args.data_root, download=args.download,
+                        plugin_files=plugin_files, progress=not args.quiet, suite_name=suite.name, options=options)
+    summary = write_summary_atomically(run_dir, write_summary_csv)
     print("\n".join(outcome_lines(outcome)))
     print(f"summary: {summary}")
     if args.report:
         return _report(run_dir, Path(args.report), [], "md,csv,tex,html,png") or (1 if outcome.failed else 0)
     return 1 if outcome.failed else 0
+
+
+def engine_options(args):
+    """The engine options of `bench`; options of the other engine are refused, not ignored."""
+    from clbench.engines import EngineOptions
+
+    ray_only = {"--address": args.address, "--cpus-per-cell": args.cpus_per_cell, "--gpus-per-cell": args.gpus_per_cell}
+    if args.engine == "local":
+        given = [flag for flag, value in ray_only.items() if value is not None]
+        if given:
+            raise ClbenchError(f"{', '.join(given)} only apply to --engine ray")
+    elif args.jobs is not None:
+        raise ClbenchError("--jobs applies to --engine local; with Ray, size cells with --cpus-per-cell")
+    options = EngineOptions(
+        engine=args.engine, jobs=1 if args.jobs is None else args.jobs, cell_timeout=args.cell_timeout,
+        retries=args.retries, deterministic=args.deterministic, address=args.address,
+        cpus_per_cell=1.0 if args.cpus_per_cell is None else args.cpus_per_cell,
+        gpus_per_cell=0.0 if args.gpus_per_cell is None else args.gpus_per_cell,
+    )
+    options.validate()
+    return options
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def default_run_dir(suite_name: str) -> Path:
+    """runs/<suite name>, for a name that is one plain path component."""
+    if not _SAFE_NAME.fullmatch(suite_name) or suite_name.endswith("."):
+        raise ClbenchError(
+            f"suite name {suite_name!r} cannot name a run directory (letters, digits, '_', '-', '.'); "
+            "rename it or give --out"
+        )
+    return Path("runs") / suite_name
+
+
+def write_summary_atomically(run_dir: Path, write_summary_csv) -> Path:
+    """summary.csv via a temp file and a rename: two processes finishing together never mix lines."""
+    final = run_dir / "summary.csv"
+    fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".csv.tmp", dir=run_dir)
+    os.close(fd)
+    try:
+        write_summary_csv(run_dir, Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return final
 
 
 def _report(run_dir: Path, out: Path | None, compare: list[str], formats: str) -> int:

@@ -33,6 +33,7 @@ from PIL import Image
 from clbench.errors import CorruptDataError, DataNotFoundError
 
 from .datasets import check_split, one_line
+from .integrity import verify_files
 
 OFFLINE_DIR = "CIFAR100"
 PICKLE_DIR = "cifar-100-python"
@@ -254,7 +255,10 @@ def _offline_labels(meta: dict[str, Any], split: str) -> tuple[np.ndarray, np.nd
 
 
 def _load_offline(offline_dir: Path, split: str) -> Cifar100Split:
+    root = offline_dir.parent
+    verify_files(root, [offline_dir / "meta.json"])
     meta = read_offline_meta(offline_dir)
+    verify_files(root, [offline_dir / f for f in meta["splits"][split]["files"].values()])
     images = _offline_images(offline_dir, meta, split)
     fine, coarse = _offline_labels(meta, split)
     return Cifar100Split(
@@ -325,6 +329,7 @@ def _labels(obj: dict[str, Any], key: str, count: int, num_classes: int, path: P
 
 def _load_pickle_layout(pickle_dir: Path, split: str) -> Cifar100Split:
     meta_path, split_path = pickle_dir / "meta", pickle_dir / split
+    verify_files(pickle_dir.parent, [meta_path, split_path])
     meta, data = _unpickle(meta_path), _unpickle(split_path)
     fine_names = [_as_str(n) for n in _entry(meta, "fine_label_names", meta_path)]
     coarse_names = [_as_str(n) for n in _entry(meta, "coarse_label_names", meta_path)]

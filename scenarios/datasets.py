@@ -28,6 +28,8 @@ import torch
 
 from clbench.errors import CorruptDataError, DataNotFoundError, UnknownNameError
 
+from .integrity import verify_files
+
 # The CIFAR-100 names (Cifar100Split, load_cifar100, resolve_cache_dir,
 # verify_cifar100_offline) are also importable from here, see __getattr__.
 __all__ = [
@@ -219,6 +221,7 @@ def load_mnist(
         if paths is None:
             raise _missing_mnist_error(raw_dir, names, folder, "the download did not create them")
 
+    verify_files(root, paths)  # against the recorded SHA-256 sums, before any number is read
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     _check_mnist_arrays(images, labels, paths)
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
