@@ -186,3 +186,20 @@ def test_minilm_cache_and_batch_trimming_change_nothing(wordpiece_batch):
         longer = torch.cat([wordpiece_batch, torch.zeros(2, 6, dtype=torch.long)], 1)
         assert torch.allclose(cached(longer), ref, atol=1e-5)
     assert len(cached.features.cache.rows) == 2  # one entry per distinct text
+
+
+@pytest.mark.parametrize("strategy, model", [
+    ("ewc", "minilm_finetune"), ("replay", "minilm_finetune"), ("lwf", "minilm_finetune"),
+    ("der", "minilm_finetune"), ("cms", "minilm_cms"),
+])
+def test_baselines_and_cms_train_the_encoder_on_clinc150(tmp_path, brown_root, strategy, model):
+    from clbench.resolve import resolve_config
+    from clbench.runner import run_cell
+
+    cfg = resolve_config("clinc150", strategy, profile="smoke", seed=0, overrides={
+        "model": model, "scenario.tokenizer": "minilm", "scenario.train_per_class": 2, "scenario.test_per_class": 1})
+    result = run_cell(cfg, tmp_path, data_root=brown_root, download=False, progress=False)
+    assert result["status"] == "ok", result["traceback"]
+    R = result["matrix"]
+    assert len(R) == 10 and all(len(row) == 10 for row in R)
+    assert max(R[i][i] for i in range(10)) > 0.2  # it learns new intents (15 classes: chance 0.07)
