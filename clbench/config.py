@@ -108,7 +108,8 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"bad value for {key}: {value!r} is not a table")
-        return dict(value)
+        (inner,) = typing.get_args(annotation)[1:] or (Any,)
+        return {k: coerce(v, inner, f"{key}.{k}") for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -210,7 +211,7 @@ def validate_train(cfg: RunConfig) -> None:
         raise ConfigError(f"bad training values: lr={t.lr}, momentum={t.momentum}, weight_decay={t.weight_decay}; must be >= 0")
     if cfg.profile not in PROFILES:
         raise ConfigError(f"bad profile {cfg.profile!r}; accepted: {', '.join(PROFILES)}")
-    if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
+    if cfg.device not in DEVICES and not re.fullmatch(r"cuda:\d+", cfg.device):
         raise ConfigError(f"bad device {cfg.device!r}; accepted: cpu, cuda, cuda:N, auto")
 
 
@@ -300,6 +301,9 @@ def load_suite(path: str | Path) -> SuiteConfig:
                         f"{path}: variants[{i}] needs 'strategy' (and optional 'label', 'set', 'scenarios'); "
                         f"got keys {sorted(v)}"
                     )
+                if not (isinstance(v["strategy"], str) and isinstance(v.get("label", ""), str)
+                        and isinstance(v.get("set", {}), dict)):
+                    raise ConfigError(f"{path}: variants[{i}]: 'strategy' and 'label' must be strings and 'set' a table; got {v!r}")
                 only = v.get("scenarios", [])
                 if not isinstance(only, list) or not all(isinstance(x, str) for x in only):
                     raise ConfigError(f"{path}: variants[{i}].scenarios must be a list of scenario names; got {only!r}")

@@ -59,8 +59,8 @@ def resolve_config(
             f"strategy {strategy!r} does not support {scenario_spec.scenario_type} scenarios such as {scenario!r}; "
             f"it supports: {', '.join(strategy_spec.supports)}"
         )
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"bad seed {seed!r}; must be a non-negative integer")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"bad seed {seed!r}; must be an integer from 0 to 2**32 - 1 (numpy's seed range)")
     cfg = RunConfig(scenario=scenario, strategy=strategy, seed=seed, profile=profile)
     if profile not in scenario_spec.profiles:
         raise ConfigError(f"scenario {scenario!r} has no profile {profile!r}; accepted: {', '.join(scenario_spec.profiles)}")
