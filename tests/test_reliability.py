@@ -185,6 +185,18 @@ def test_failures_are_stored_with_their_reason_and_the_rest_completes(fault_run)
         assert cells[label]["status"] == "failed" and cells[label]["matrix"] == []
 
 
+def test_deterministic_flag_changes_nothing_on_cpu(reference, smoke_suite, tmp_path, one_torch_thread):
+    import torch
+
+    try:
+        assert main(["bench", str(smoke_suite), "--out", str(tmp_path), "--deterministic", "-q"]) == 0
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    ours, theirs = results(tmp_path), results(reference)
+    assert {c: r["matrix"] for c, r in ours.items()} == {c: r["matrix"] for c, r in theirs.items()}
+
+
 # --------------------------------------------------------------------------- 3. two processes
 def test_two_processes_on_one_run_dir_split_the_cells(tmp_path):
     marker_dir, gate = tmp_path / "markers", tmp_path / "go"

@@ -1,4 +1,4 @@
-"""The local engine: cells in this process, or in N spawned worker processes.
+"""The local engine: cells in this process, or in N worker processes.
 
 Workers are long-lived (torch and Avalanche are imported once per worker) and
 each runs one cell at a time over its own pipe, so the driver always knows
@@ -7,6 +7,12 @@ which cell a worker holds. That is what makes a dead worker or a cell past
 worker, stores the cell as failed (or retries it after a crash), starts a
 fresh worker, and the suite goes on. Workers die with the driver
 (PR_SET_PDEATHSIG on Linux), so a killed suite leaves no cell running.
+
+Workers are forked from a `forkserver` that has imported torch and Avalanche
+once (about 8 s of imports), so starting or replacing a worker costs
+milliseconds; the server has run no torch op, so it holds no thread pool that
+a fork could copy half-way. Each worker takes the driver's environment as it
+is when the worker starts, not as it was when the server started.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from clbench.locking import WAIT, CellTask, ClaimQueue
 
 POLL_S = 0.2
 MAX_FAILED_STARTS = 3
+# Imported once by the fork server (registering every built-in component), not by each worker.
+PRELOAD = ["clbench.runner", "clbench.models", "clbench.anchor_models", "clbench.optimizers", "clbench.nested",
+           "clbench.scenarios", "clbench.strategies", "avalanche.training"]
 
 
 def run_in_process(queue: ClaimQueue, report: Report, run_dir: Path, *, data_root, download,
@@ -34,7 +43,8 @@ def run_in_process(queue: ClaimQueue, report: Report, run_dir: Path, *, data_roo
     """Sequential: each cell in this process (no timeout possible without a worker)."""
     from clbench.runner import run_cell
 
-    apply_determinism(options.deterministic)
+    if options.deterministic:  # process-wide: left on afterwards, never switched off behind the caller
+        apply_determinism(True)
     while (task := queue.next()) is not None:
         if task == WAIT:
             time.sleep(POLL_S)
@@ -46,8 +56,11 @@ def run_in_process(queue: ClaimQueue, report: Report, run_dir: Path, *, data_roo
 
 
 # --------------------------------------------------------------------------- worker side
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this worker when the driver dies (no orphan keeps running a cell)."""
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies (no orphan keeps running a cell).
+
+    The parent is the fork server, which exits as soon as the driver does."""
+    parent_pid = os.getppid()
     try:
         import ctypes
 
@@ -55,15 +68,17 @@ def _die_with_parent(parent_pid: int) -> None:
         libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return  # not Linux: an orphan finishes its cell, whose write is atomic anyway
-    if os.getppid() != parent_pid:  # the driver died before prctl took effect
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 
 
-def _worker_main(conn: Connection, parent_pid: int, plugin_files: list[str], threads: int,
+def _worker_main(conn: Connection, environ: dict[str, str], plugin_files: list[str], threads: int,
                  deterministic: bool) -> None:
     from clbench.suite import _worker_init
 
-    _die_with_parent(parent_pid)
+    _die_with_parent()
+    os.environ.clear()
+    os.environ.update(environ)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     import threading
 
@@ -106,15 +121,16 @@ class WorkerPool:
     failed_starts: int = 0  # workers in a row that died before they were ready
 
     def __post_init__(self):
-        # spawn, not fork: torch and Avalanche hold thread pools that fork does not copy safely.
-        self._context = multiprocessing.get_context("spawn")
+        # Not a plain fork of the driver: its torch and Avalanche may hold thread pools.
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(PRELOAD)
         self.workers = [self._start() for _ in range(self.jobs)]
 
     def _start(self) -> _Worker:
         parent, child = self._context.Pipe()
         process = self._context.Process(
             target=_worker_main, daemon=True,
-            args=(child, os.getpid(), self.plugin_files, self.threads, self.deterministic),
+            args=(child, dict(os.environ), self.plugin_files, self.threads, self.deterministic),
         )
         process.start()
         child.close()

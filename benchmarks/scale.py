@@ -1,0 +1,111 @@
+"""Load test of the engines: a synthetic suite of tiny cells through the local engine
+(`--jobs 2`) and through Ray on this machine.
+
+    python benchmarks/scale.py                      # 500 cells, local and ray
+    python benchmarks/scale.py --cells 50 --engines local
+
+A cell is `naive` on `tiny_blobs` (tests/plugins/tiny_cells.py: 2 experiences of
+64 samples in 8-D, no data files), about 0.1 s of work, so the engines' own
+costs dominate. For each engine it reports:
+
+- cells per second over the whole run (wall clock, workers' start-up included);
+- the scheduler overhead per cell: (wall x slots - sum of the cells' own
+  wall_seconds) / cells, i.e. every second a slot spent outside `run_cell`:
+  starting workers, claims, sending configs, returning and writing results,
+  idle gaps. Targets: < 50 ms local, < 200 ms Ray;
+- the driver's peak resident memory (sampled every 50 ms);
+- that every cell has an ok result.
+
+Ray's own start (`ray.init`, a cluster that is usually already running) is
+timed apart and not counted in the overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = ROOT / "tests" / "plugins" / "tiny_cells.py"
+SLOTS = 2  # --jobs 2 locally, 2 CPUs for Ray
+TARGET_MS = {"local": 50.0, "ray": 200.0}
+
+
+def tiny_cells(n: int):
+    from clbench.registry import load_plugin_file
+    from clbench.resolve import resolve_config
+
+    load_plugin_file(PLUGIN)
+    return [resolve_config("tiny_blobs", "naive", seed=seed, profile="smoke") for seed in range(n)]
+
+
+def measure(engine: str, cells, run_dir: Path) -> dict:
+    from clbench.engines import EngineOptions
+    from clbench.runner import PeakMemory
+    from clbench.store import read_result, result_path
+    from clbench.suite import cell_ids, run_suite
+
+    options = EngineOptions(engine=engine, jobs=SLOTS if engine == "local" else 1)
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        outcome = run_suite(cells, run_dir, plugin_files=[str(PLUGIN)], progress=False,
+                            suite_name=f"scale_{engine}", options=options)
+        wall = time.perf_counter() - start
+    results = [read_result(result_path(run_dir, cid)) for cid in cell_ids(cells)]
+    ok = sum(1 for r in results if r and r["status"] == "ok")
+    busy = sum(r["wall_seconds"] for r in results if r)
+    n = len(cells)
+    return {
+        "engine": engine, "cells": n, "ok": ok, "all_present": ok == n and len(outcome.ok) == n,
+        "wall_s": round(wall, 2), "cells_per_s": round(n / wall, 2),
+        "cell_work_ms": round(1000 * busy / n, 1),
+        "overhead_ms_per_cell": round(1000 * (wall * SLOTS - busy) / n, 1),
+        "target_ms": TARGET_MS[engine], "driver_peak_rss_mb": round(memory.peak_mb, 1),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=500)
+    parser.add_argument("--engines", default="local,ray")
+    parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    cells = tiny_cells(args.cells)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="clbench_scale_") as tmp:
+        for engine in args.engines.split(","):
+            extra = {}
+            if engine == "ray":
+                import ray
+
+                t0 = time.perf_counter()
+                ray.init(num_cpus=SLOTS, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+                extra["ray_init_s"] = round(time.perf_counter() - t0, 1)
+            try:
+                rows.append(measure(engine, cells, Path(tmp) / engine) | extra)
+            finally:
+                if engine == "ray":
+                    ray.shutdown()
+            print(json.dumps(rows[-1]), flush=True)
+    print("\n| engine | cells | all ok | wall (s) | cells/s | cell work (ms) | overhead/cell (ms) | target (ms) "
+          "| driver peak RSS (MB) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['engine']} | {r['cells']} | {r['all_present']} | {r['wall_s']} | {r['cells_per_s']} | "
+              f"{r['cell_work_ms']} | {r['overhead_ms_per_cell']} | {r['target_ms']:g} | {r['driver_peak_rss_mb']} |")
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+    return 0 if all(r["all_present"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
