@@ -85,7 +85,9 @@ def main(argv=None) -> int:
         for engine in args.engines.split(","):
             extra = {}
             if engine == "ray":
-                import ray
+                from clbench.engines.ray_engine import import_ray
+
+                ray = import_ray(local=True)  # services on 127.0.0.1, as the engine's own local instance
 
                 t0 = time.perf_counter()
                 ray.init(num_cpus=SLOTS, include_dashboard=False, log_to_driver=False, logging_level="WARNING")

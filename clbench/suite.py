@@ -57,7 +57,7 @@ def run_suite(
     if options.engine == "ray":
         from clbench.engines.ray_engine import import_ray
 
-        import_ray()  # fail on a missing extra before anything is written
+        import_ray(local=options.address is None)  # fail on a missing extra before anything is written
     run_dir = Path(run_dir)
     ids = cell_ids(cells)
     check_no_conflicts(run_dir, ids)

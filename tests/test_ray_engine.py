@@ -1,7 +1,7 @@
 """`clbench bench --engine ray` on a real local Ray cluster (2 CPUs, one session for the module).
 
-Ray is a dev dependency (`.[dev]` pulls in the `dist` extra), so these tests
-always run; the last one shows what a user without Ray gets.
+Ray is in the dev extra (as in the `dist` extra), so these tests always run;
+the last one shows what a user without Ray gets.
 """
 
 from __future__ import annotations
@@ -9,14 +9,15 @@ from __future__ import annotations
 import sys
 
 import pytest
-import ray
 
 from clbench.cli import main
+from clbench.engines.ray_engine import import_ray
 from tests.test_reliability import by_label, results, stable, write_suite
 
 
 @pytest.fixture(scope="module")
 def ray_session():
+    ray = import_ray(local=True)  # services on 127.0.0.1, as the engine's own local instance
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield
     ray.shutdown()

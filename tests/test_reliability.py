@@ -64,6 +64,14 @@ def starts(marker_dir: Path) -> list[tuple[str, int]]:
     return [(cid, int(pid)) for cid, pid in (line.split() for line in lines)]
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a container's init may be slow to reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def wait_until(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -123,7 +131,7 @@ def test_sigkill_mid_cell_then_resume_matches_an_uninterrupted_run(reference, sm
     finished = {cid: result_path(run_dir, cid).read_bytes() for cid in results(run_dir)}
     assert 1 <= len(finished) < 6
     # The workers die with the driver (PR_SET_PDEATHSIG): nothing keeps running a cell.
-    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in killed_workers), 30, "workers to exit")
+    wait_until(lambda: not any(running(pid) for pid in killed_workers), 30, "workers to exit")
 
     assert main(["bench", str(smoke_suite), "--out", str(run_dir), "-q"]) == 0
     resumed, uninterrupted = results(run_dir), results(reference)

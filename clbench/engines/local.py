@@ -151,10 +151,13 @@ class WorkerPool:
 
     def close(self) -> None:
         for w in self.workers:
-            if w.ready and w.task is None and w.process.is_alive():
-                w.conn.send(None)  # finish cleanly
-            else:
-                w.process.kill()  # busy (we are being interrupted) or still starting
+            try:
+                if w.ready and w.task is None:
+                    w.conn.send(None)  # finish cleanly
+                    continue
+            except OSError:
+                pass  # it has just died
+            w.process.kill()  # busy (we are being interrupted) or still starting
         for w in self.workers:
             w.process.join(timeout=10)
             if w.process.is_alive():

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +32,17 @@ POLL_S = 0.2
 MISSING_RAY = "--engine ray needs Ray, which is not installed; install the extra: pip install 'clbench[dist]'"
 
 
-def import_ray():
+# For a Ray instance that clbench starts itself (no --address): local only, so Ray binds
+# its services to 127.0.0.1 rather than this machine's network address (the variable
+# governs that on every OS, despite its name), and sends no usage statistics. Ray reads
+# both when it is imported, so they are set before that; a user's own values win.
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def import_ray(*, local: bool = False):
+    if local and "ray" not in sys.modules:
+        for name, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(name, value)
     try:
         import ray
     except ImportError as exc:
@@ -94,7 +106,7 @@ def run_on_ray(queue: ClaimQueue, report: Report, run_dir: Path, *, data_root, d
                plugin_files: list[str], progress: bool, on_start=None) -> None:
     from clbench.scenarios.datasets import downloads_allowed, resolve_data_root
 
-    ray = import_ray()
+    ray = import_ray(local=options.address is None)
     started_here = not ray.is_initialized()
     if started_here:
         _connect(ray, options.address)
