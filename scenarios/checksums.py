@@ -2,11 +2,13 @@
 
 SHA-256 sums are copied from the project's data copy (`shared/data/SHA256SUMS`,
 whose SOURCES.md says where each file came from): MNIST and Fashion-MNIST in
-torchvision's raw layout, and the CIFAR-100 WebP sprites with their meta.json.
+torchvision's raw layout, the CIFAR-100 WebP sprites with their meta.json, and
+the text datasets' files. A value may be a tuple of accepted sums.
 The official CIFAR-100 pickles (`cifar-100-python/`, what a torchvision
 download creates) have no recorded SHA-256; their MD5 sums are the ones
 torchvision 0.29 checks (`torchvision.datasets.CIFAR100`).
-To regenerate, keep that file's MNIST/, FashionMNIST/, CIFAR100/meta.json and CIFAR100/*.webp lines.
+To regenerate, keep that file's MNIST/, FashionMNIST/, CIFAR100/meta.json, CIFAR100/*.webp
+and read text/ lines.
 """
 
 SHA256 = {
@@ -219,6 +221,18 @@ SHA256 = {
     "MNIST/raw/t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     "MNIST/raw/train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "MNIST/raw/train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    # Text datasets (read by scenarios/text_data.py). The shared 20 Newsgroups archive is a
+    # deterministic repack of the tree a download fetches (scikit-learn's archive): both pass.
+    "text/20newsgroups/20news-bydate.tar.gz": (
+        "d5f866dac52a30ced59c7069ebc8b3fbe725589e2e22e26dfad0a3161d6526da",
+        "8f1b2514ca22a5ade8fbb9cfa5727df95fa587f4c87b786e15c759fa66d95610",
+    ),
+    "text/banking77/categories.json": "53261da888122daf2d120d925458631d9619e15d82e56052e7a42e535ce32b63",
+    "text/banking77/test.csv": "d12d6e3bc4c3103966ae786dc435913c0c563dfa328f5a3646d0e62cfeeb474d",
+    "text/banking77/train.csv": "b06e26ac675513959a63135f11b94ea7786ed02da65db93a5650d8838cbc664b",
+    "text/clinc150/data_full.json": "36923c3705a59e08fe9c3883d8bc2dd966ef93e22cb78ac41171782a698d56e0",
+    "text/clinc150/domains.json": "b947b579d3b8e74b06f93b01083d8efaff2888b43a3e362533bd88a6e1211b3a",
+    "text/nltk_data/corpora/brown.zip": "9b275f9b3b95d7bd66ccfb7cd259f445a13bbe5d1f4107aba09fd3e8364bafa6",
 }  # fmt: skip
 
 MD5 = {

@@ -32,7 +32,7 @@ def verification_enabled() -> bool:
     return os.environ.get("CLBENCH_VERIFY_DATA", "").strip().lower() not in _OFF
 
 
-def verify_files(root: Path, paths: Iterable[Path], *, sha256: Mapping[str, str] | None = None,
+def verify_files(root: Path, paths: Iterable[Path], *, sha256: Mapping[str, str | tuple[str, ...]] | None = None,
                  md5: Mapping[str, str] | None = None) -> None:
     """Check every path (under `root`) against its recorded sum; raise on the first bad one."""
     if not verification_enabled():
@@ -49,17 +49,17 @@ def verify_files(root: Path, paths: Iterable[Path], *, sha256: Mapping[str, str]
                 f"{path} has no recorded checksum (scenarios/checksums.py), so it is not a file of a known "
                 "release; use the official files, or set CLBENCH_VERIFY_DATA=0 for data you changed on purpose"
             )
-        _verify_one(Path(path), algorithm, expected, gunzip)
+        _verify_one(Path(path), algorithm, (expected,) if isinstance(expected, str) else tuple(expected), gunzip)
 
 
-def _verify_one(path: Path, algorithm: str, expected: str, gunzip: bool) -> None:
-    stamp_file, stamp = _stamp(path, algorithm, expected)
+def _verify_one(path: Path, algorithm: str, accepted: tuple[str, ...], gunzip: bool) -> None:
+    stamp_file, stamp = _stamp(path, algorithm, accepted)
     if _read(stamp_file) == stamp:
         return
     actual = _digest(path, algorithm, gunzip)
-    if actual != expected:
+    if actual not in accepted:
         raise CorruptDataError(
-            f"{path} is corrupt: its {algorithm.upper()} is {actual}, the recorded sum is {expected} "
+            f"{path} is corrupt: its {algorithm.upper()} is {actual}, the recorded sum is {' or '.join(accepted)} "
             "(a damaged or partial copy, or another version); delete it and download it again"
         )
     _write(stamp_file, stamp)
@@ -81,14 +81,14 @@ def _digest(path: Path, algorithm: str, gunzip: bool) -> str:
     return digest.hexdigest()
 
 
-def _stamp(path: Path, algorithm: str, expected: str) -> tuple[Path, str]:
+def _stamp(path: Path, algorithm: str, accepted: tuple[str, ...]) -> tuple[Path, str]:
     from .cifar100_data import resolve_cache_dir
 
     resolved = path.resolve()
     st = resolved.stat()
     name = hashlib.sha256(str(resolved).encode()).hexdigest()[:32]
     return (resolve_cache_dir() / "verified" / f"{name}.txt",
-            f"{resolved}\n{st.st_size} {st.st_mtime_ns} {algorithm}:{expected}\n")
+            f"{resolved}\n{st.st_size} {st.st_mtime_ns} {algorithm}:{','.join(accepted)}\n")
 
 
 def _read(path: Path) -> str | None:

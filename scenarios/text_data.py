@@ -33,6 +33,7 @@ import torch
 from clbench.errors import ClbenchError, CorruptDataError, UnknownNameError
 
 from .download import RemoteFile, ensure_files
+from .integrity import verify_files
 
 _GITHUB = "https://raw.githubusercontent.com"
 _CLINC = f"{_GITHUB}/clinc/oos-eval/828f8093932c8fe6ca7936c3d2e52903b1c523de/data"
@@ -62,7 +63,9 @@ SOURCES: dict[str, dict[str, RemoteFile]] = {
 
 
 def dataset_files(root, folder: str, dataset: str, download: bool) -> dict[str, Path]:
-    return ensure_files(Path(root) / folder, SOURCES[folder], download=download, dataset=dataset)
+    paths = ensure_files(Path(root) / folder, SOURCES[folder], download=download, dataset=dataset)
+    verify_files(Path(root), paths.values())  # present files too, once per file version (integrity.py)
+    return paths
 
 
 @dataclass
