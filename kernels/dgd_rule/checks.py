@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..common import check_finite_and_gates, check_same_float_tensors
+
 
 def check_inputs(
     q: torch.Tensor,
@@ -21,13 +23,7 @@ def check_inputs(
 ) -> None:
     """Raise ValueError naming the argument if shapes, dtypes or (if `values`) values are invalid."""
     named = {"q": q, "k": k, "w": w, "eta": eta, "alpha": alpha, "s0": s0}
-    for name, x in named.items():
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor; got {type(x).__name__}")
-        if x.dtype != q.dtype or x.device != q.device:
-            raise ValueError(
-                f"{name} has dtype {x.dtype} on {x.device}; expected {q.dtype} on {q.device} (as q)"
-            )
+    check_same_float_tensors(named)
 
     if q.dim() != 4:
         raise ValueError(f"q must have shape [B, T, H, K]; got {tuple(q.shape)}")
@@ -50,19 +46,8 @@ def check_inputs(
                 f"got {tuple(named[name].shape)}"
             )
 
-    if not values:
-        return
-    for name, x in named.items():
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name} contains NaN or inf")
-    _check_range("alpha", alpha, (alpha <= 0) | (alpha > 1), "in (0, 1]")
-    _check_range("eta", eta, eta < 0, ">= 0")
-
-
-def _check_range(name: str, x: torch.Tensor, bad: torch.Tensor, rule: str) -> None:
-    if bad.any():
-        first = x[bad][0].item()
-        raise ValueError(f"{name} must be {rule}; got {first:g} ({int(bad.sum())} bad entries)")
+    if values:
+        check_finite_and_gates(named)
 
 
 def check_chunk_size(chunk_size: int) -> None:

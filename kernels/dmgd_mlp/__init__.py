@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from .. import dgd_rule as _dgd_rule
+from ..common import check_same_float_tensors
 from .chunk import inner_grad_chunk, read_chunk
 from .naive import inner_grad_naive, read_naive
 
@@ -106,13 +107,7 @@ def resolve_impl(impl: str, x: torch.Tensor, hidden: int) -> str:
 def check_inputs(x, v, u, target=None) -> None:
     """ValueError naming the argument if shapes, dtypes or devices do not fit together."""
     named = {"x": x, "v": v, "u": u} | ({} if target is None else {"target": target})
-    for name, t in named.items():
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor; got {type(t).__name__}")
-        if t.dtype != x.dtype or t.device != x.device:
-            raise ValueError(
-                f"{name} has dtype {t.dtype} on {t.device}; expected {x.dtype} on {x.device} (as x)"
-            )
+    check_same_float_tensors(named)
     if x.dim() != 2 or v.dim() != 2:
         raise ValueError(
             f"x must be [N, d] and v [h, d]; got {tuple(x.shape)} and {tuple(v.shape)}"

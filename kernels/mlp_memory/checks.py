@@ -1,13 +1,14 @@
 """Input validation shared by every `mlp_memory` implementation (head-major layout).
 
-Gate ranges as for `dgd_rule` (whose checks this reuses): alpha in (0, 1], eta >= 0.
+Gate ranges as for `dgd_rule`, checked by the same code (`kernels/common.py`): alpha in (0, 1], eta >= 0.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..dgd_rule.checks import _check_range, check_chunk_size
+from ..common import check_finite_and_gates, check_same_float_tensors
+from ..dgd_rule.checks import check_chunk_size
 
 
 def check_inputs(
@@ -24,13 +25,7 @@ def check_inputs(
 ) -> None:
     """Raise ValueError naming the argument if shapes, dtypes or (if `values`) values are invalid."""
     named = {"q": q, "k": k, "v": v, "eta": eta, "alpha": alpha, "s2": s2, "s1": s1}
-    for name, x in named.items():
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor; got {type(x).__name__}")
-        if x.dtype != q.dtype or x.device != q.device:
-            raise ValueError(
-                f"{name} has dtype {x.dtype} on {x.device}; expected {q.dtype} on {q.device} (as q)"
-            )
+    check_same_float_tensors(named)
     if q.dim() != 4:
         raise ValueError(f"q must have shape [B, G, T, d]; got {tuple(q.shape)}")
     B, G, T, d = q.shape
@@ -53,10 +48,5 @@ def check_inputs(
                 f"{f', and h={h} from s2' if name == 's1' else ''}); got {tuple(named[name].shape)}"
             )
     check_chunk_size(chunk_size)
-    if not values:
-        return
-    for name, x in named.items():
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name} contains NaN or inf")
-    _check_range("alpha", alpha, (alpha <= 0) | (alpha > 1), "in (0, 1]")
-    _check_range("eta", eta, eta < 0, ">= 0")
+    if values:
+        check_finite_and_gates(named)
