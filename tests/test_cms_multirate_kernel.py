@@ -16,8 +16,6 @@ import importlib.util
 import io
 import json
 import os
-import subprocess
-import sys
 from functools import partial
 
 import pytest
@@ -374,13 +372,9 @@ def main() -> None:
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("CLBENCH_KERNELS", None)
-    proc = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stderr[-6000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from .kernel_testing import run_interpreted  # not at the top: see kernel_testing.py
+
+    return run_interpreted(__file__, OMP_NUM_THREADS="1")
 
 
 @pytest.mark.cpu_interpreter

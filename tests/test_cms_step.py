@@ -17,8 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -197,13 +195,10 @@ def test_triton_on_cpu_without_interpreter_raises():
 
 @needs_triton
 def test_kernel_compiles_for_sm90():
-    """Compile every rule variant to a Hopper cubin (no GPU needed: Triton ships ptxas).
-    The interpreter accepts code the compiler rejects (e.g. non-constexpr globals)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    """Compile every rule variant to a Hopper cubin (no GPU needed: Triton ships ptxas)."""
     from clbench.kernels.cms_step import triton as kernel_module
+
+    from .kernel_testing import compile_for_sm90
 
     if kernel_module.INTERPRETED:
         pytest.skip("TRITON_INTERPRET was set when the kernel module was imported")
@@ -212,12 +207,7 @@ def test_kernel_compiles_for_sm90():
     signature |= {"N": "i32", "due": "i32"}
     for rule, momentum, wd in [(0, False, 0), (0, True, 1), (1, False, 1), (1, False, 2)]:
         constants = {"RULE": rule, "MOMENTUM": momentum, "WD": wd, "BLOCK": 1024}
-        src = ASTSource(
-            kernel_module._cms_step_kernel,
-            signature | dict.fromkeys(constants, "constexpr"),
-            constexprs=constants,
-        )
-        assert triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]
+        assert compile_for_sm90(kernel_module._cms_step_kernel, signature, constants)
 
 
 # ---- run in the subprocess, under TRITON_INTERPRET=1 -------------------------------
@@ -320,13 +310,9 @@ def main() -> None:
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("CLBENCH_KERNELS", None)
-    proc = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stderr[-6000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from .kernel_testing import run_interpreted  # not at the top: see kernel_testing.py
+
+    return run_interpreted(__file__, OMP_NUM_THREADS="1")
 
 
 @interpreter

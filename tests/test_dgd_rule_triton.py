@@ -20,8 +20,6 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -187,13 +185,9 @@ def main() -> None:
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    env.pop("CLBENCH_KERNELS", None)
-    proc = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stderr[-6000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from .kernel_testing import run_interpreted  # not at the top: see kernel_testing.py
+
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", list(FORWARD_CASES))

@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -281,12 +279,10 @@ def test_triton_refuses_what_it_cannot_run():
 @needs_triton
 def test_kernels_compile_for_sm90():
     """Compile every kernel to a Hopper cubin (no GPU needed: Triton ships ptxas), at DMGD's
-    default sizes (d = 32, h = 8 -> 16). The interpreter accepts code the compiler rejects."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    default sizes (d = 32, h = 8 -> 16)."""
     from clbench.kernels.dmgd_mlp import triton as km
+
+    from .kernel_testing import compile_for_sm90
 
     if km.INTERPRETED:
         pytest.skip("TRITON_INTERPRET was set when the kernel module was imported")
@@ -301,11 +297,7 @@ def test_kernels_compile_for_sm90():
     for kernel, pointers, constants in kernels:
         signature = {n: "*fp32" if n in pointers.split() else "i32" for n in kernel.arg_names}
         signature |= {"scale": "fp32"} if "scale" in signature else {}
-        src = ASTSource(
-            kernel, signature | dict.fromkeys(constants, "constexpr"), constexprs=constants
-        )
-        options = {"num_warps": km.NUM_WARPS}
-        assert triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["cubin"]
+        assert compile_for_sm90(kernel, signature, constants, num_warps=km.NUM_WARPS)
 
 
 # ---- interpreter tests (in the pytest process) --------------------------------------
@@ -313,13 +305,9 @@ def test_kernels_compile_for_sm90():
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("CLBENCH_KERNELS", None)
-    proc = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stderr[-6000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from .kernel_testing import run_interpreted  # not at the top: see kernel_testing.py
+
+    return run_interpreted(__file__, OMP_NUM_THREADS="1")
 
 
 @interpreter

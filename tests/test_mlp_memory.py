@@ -18,8 +18,6 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -200,13 +198,10 @@ def test_triton_refusals():
 
 @needs_triton
 def test_kernel_compiles_for_sm90():
-    """The interpreter accepts code the compiler rejects: compile both flag branches to a
-    Hopper cubin at a small tile (a few seconds each)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    """Compile both flag branches to a Hopper cubin at a small tile (a few seconds each)."""
     from clbench.kernels.mlp_memory import triton as kernel_module
+
+    from .kernel_testing import compile_for_sm90
 
     kernel = kernel_module._mlp_memory_fwd_kernel
     if kernel_module.INTERPRETED:
@@ -215,10 +210,7 @@ def test_kernel_compiles_for_sm90():
     signature = {n: "*fp32" for n in names[:10]} | {n: "i32" for n in names[10:15]}
     for flag in (True, False):
         constants = {"BT": 16, "BD": 16, "BH": 16, "DGD": flag, "SELF_MODIFYING": flag}
-        src = ASTSource(
-            kernel, signature | dict.fromkeys(constants, "constexpr"), constexprs=constants
-        )
-        assert triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]
+        assert compile_for_sm90(kernel, signature, constants)
 
 
 # ---- run in the subprocess, under TRITON_INTERPRET=1 ------------------------------------
@@ -340,13 +332,9 @@ def main() -> None:
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    env.pop("CLBENCH_KERNELS", None)
-    proc = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stderr[-6000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from .kernel_testing import run_interpreted  # not at the top: see kernel_testing.py
+
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", list(FORWARD_CASES))
