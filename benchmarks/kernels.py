@@ -111,32 +111,8 @@ def k1_rows(device: str, shape: tuple[int, ...], compile_: bool, ms) -> list[tup
                 dgd_rule_triton, chunk_size=CHUNK, check_values=False, backward=backward
             )
     flops = B * H * T * (4 * CHUNK * K + 3 * CHUNK * V + 6 * K * V)
-    rows = []
-    for name, fn in impls.items():
-        leaves = [x.clone().requires_grad_() for x in inputs]
-
-        def forward(fn=fn):
-            with torch.no_grad():
-                fn(*inputs)
-
-        def forward_backward(fn=fn, leaves=leaves):
-            o, s = fn(*leaves)
-            (o.sum() + s.sum()).backward()
-            for x in leaves:
-                x.grad = None
-
-        for mode, run, n_flops in (
-            ("fwd", forward, flops),
-            ("fwd+bwd", forward_backward, 3 * flops),
-        ):
-            if mode == "fwd" and name == "triton (triton backward)":
-                continue  # the same forward kernel as the recompute row
-            try:
-                t = ms(run)
-                rows.append(("K1", name, mode, t, f"{n_flops / t / 1e6:.1f} GFLOP/s"))
-            except Exception as err:  # torch.compile may fail on some setups: report it
-                rows.append(("K1", name, mode, None, f"failed: {type(err).__name__}"))
-    return rows
+    # no fwd row for the Triton backward: its forward is the same kernel as the recompute row's
+    return fwd_bwd_rows("K1", impls, inputs, flops, ms, no_fwd_row=("triton (triton backward)",))
 
 
 # ---- K2 ------------------------------------------------------------------------------
@@ -153,6 +129,24 @@ def k2_rows(device: str, shape: tuple[int, ...], compile_: bool, ms) -> list[tup
     if device == "cuda":
         impls["triton"] = lambda *x: mlp_memory(*x, **flags, impl="triton")
     flops = B * G * T * 2 * (10 * d * h + 3 * CHUNK * d + 3 * CHUNK * h)
+    return fwd_bwd_rows("K2", impls, inputs, flops, ms, case=f", B={B} G={G} T={T} d={d} h={h}")
+
+
+# ---- K1 and K2: fwd and fwd+bwd rows -------------------------------------------------
+
+
+def fwd_bwd_rows(
+    kernel: str,
+    impls: dict[str, Callable],
+    inputs: list[torch.Tensor],
+    flops: int,
+    ms,
+    case: str = "",
+    no_fwd_row: tuple[str, ...] = (),
+) -> list[tuple]:
+    """Rows timing each impl on `inputs`: forward only (no autograd) and forward + backward
+    of the sum of all its outputs; GFLOP/s from `flops` per forward, fwd+bwd counted as 3x.
+    `case` is appended to the mode ("fwd", "fwd+bwd") in the case column."""
     rows = []
     for name, fn in impls.items():
         leaves = [x.clone().requires_grad_() for x in inputs]
@@ -170,12 +164,13 @@ def k2_rows(device: str, shape: tuple[int, ...], compile_: bool, ms) -> list[tup
             ("fwd", forward, flops),
             ("fwd+bwd", forward_backward, 3 * flops),
         ):
-            case = f"{mode}, B={B} G={G} T={T} d={d} h={h}"
+            if mode == "fwd" and name in no_fwd_row:
+                continue
             try:
                 t = ms(run)
-                rows.append(("K2", name, case, t, f"{n_flops / t / 1e6:.1f} GFLOP/s"))
+                rows.append((kernel, name, mode + case, t, f"{n_flops / t / 1e6:.1f} GFLOP/s"))
             except Exception as err:  # torch.compile may fail on some setups: report it
-                rows.append(("K2", name, case, None, f"failed: {type(err).__name__}"))
+                rows.append((kernel, name, mode + case, None, f"failed: {type(err).__name__}"))
     return rows
 
 
