@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -104,11 +101,9 @@ def main() -> None:
 def interpreted():
     if importlib.util.find_spec("triton") is None:
         pytest.fail("triton is not installed: it comes with torch and the kernels need it")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("CLBENCH_KERNELS", None)
-    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from .kernel_testing import run_interpreted  # not at the top: see kernel_testing.py
+
+    return run_interpreted(__file__, OMP_NUM_THREADS="1")
 
 
 @pytest.mark.cpu_interpreter
