@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.clbench-installed
 # `make bench JOBS=1` runs cells one at a time.
 JOBS   ?= 2
 
-.PHONY: install bench test report bench-full reproduce lint clean-runs
+.PHONY: install bench bench-text test report bench-full reproduce lint clean-runs
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ test: install
 
 report: install
 	$(BIN)/clbench report runs/quick --out reports/quick
+
+# Text streams (clinc150, banking77 on the MiniLM encoder; brown_lm from scratch); writes reports/text/.
+bench-text: install
+	OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/text_quick.toml --out runs/text_quick --jobs $(JOBS) --report reports/text
 
 bench-full: install
 	$(BIN)/clbench bench suites/full.toml --out runs/full --jobs $(JOBS) --report reports/full
