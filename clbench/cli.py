@@ -157,6 +157,10 @@ def cmd_bench(args) -> int:
 
     suite = load_suite(args.suite)
     options = engine_options(args)
+    if options.engine == "local" and (options.jobs > 1 or options.cell_timeout):
+        from clbench.engines.local import start_fork_server
+
+        start_fork_server()  # workers' imports run while this process resolves the suite
     plugin_files = suite.plugin_files + [str(Path(p).resolve()) for p in args.plugin]
     _load_plugins(plugin_files)
     skipped: list[str] = []

@@ -100,6 +100,14 @@ def _worker_main(conn: Connection, environ: dict[str, str], plugin_files: list[s
 
 
 # --------------------------------------------------------------------------- driver side
+def start_fork_server() -> None:
+    """Start the fork server now: its imports then overlap the driver's own (2 cores: ~8 s saved)."""
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    forkserver.ensure_running()
+
+
 @dataclass
 class _Worker:
     process: Any
