@@ -12,7 +12,9 @@ Workers are forked from a `forkserver` that has imported torch and Avalanche
 once (about 8 s of imports), so starting or replacing a worker costs
 milliseconds; the server has run no torch op, so it holds no thread pool that
 a fork could copy half-way. Each worker takes the driver's environment as it
-is when the worker starts, not as it was when the server started.
+is when the worker starts, not as it was when the server started; only what
+the preloaded modules read at import time comes from the server's start (the
+first pool of the driver process).
 """
 
 from __future__ import annotations
