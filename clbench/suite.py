@@ -11,6 +11,7 @@ process or in `--jobs N` worker processes; `ray` runs them as Ray tasks.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,17 +51,24 @@ def run_suite(
     options: EngineOptions | None = None,
 ) -> SuiteOutcome:
     """Run `cells` into `run_dir`. `options` picks the engine; without it, the local one with `jobs`."""
-    from tqdm import tqdm
-
     options = options or EngineOptions(jobs=jobs)
     options.validate()
-    if options.engine == "ray":
-        from clbench.engines.ray_engine import import_ray
-
-        import_ray(local=options.address is None)  # fail on a missing extra before anything is written
-    run_dir = Path(run_dir)
-    ids = cell_ids(cells)
+    run_dir, ids = Path(run_dir), cell_ids(cells)
     check_no_conflicts(run_dir, ids)
+    with ExitStack() as stack:
+        if options.engine == "ray":
+            from clbench.engines.ray_engine import ray_session
+
+            stack.enter_context(ray_session(options))  # no Ray, no cluster: exit 2 before anything is written
+        return _run_suite(cells, ids, run_dir, resume=resume, data_root=data_root, download=download,
+                          plugin_files=plugin_files, progress=progress, suite_name=suite_name, options=options)
+
+
+def _run_suite(cells: list[RunConfig], ids: list[str], run_dir: Path, *, resume: bool, data_root,
+               download: bool | None, plugin_files, progress: bool, suite_name: str,
+               options: EngineOptions) -> SuiteOutcome:
+    from tqdm import tqdm
+
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "suite.json", {"name": suite_name, "cells": ids})
     todo = [CellTask(c, cid) for c, cid in zip(cells, ids, strict=True) if not (resume and is_done(run_dir, cid))]

@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +81,24 @@ def _materialize_plugin(name: str, source: str) -> Path:
     return path
 
 
-def _connect(ray, address: str | None) -> None:
+@contextmanager
+def ray_session(options: EngineOptions):
+    """Ray, connected: to `--address`, to a session this process already has, or to a
+    local instance started here (and shut down on leaving)."""
+    ray = import_ray(local=options.address is None)
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            where = f"the Ray cluster at {options.address!r}" if options.address else "a local Ray instance"
+            raise ClbenchError(f"cannot start or reach {where}: {exc}".splitlines()[0]) from exc
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
-        raise ClbenchError(f"cannot start or reach {where}: {exc}".splitlines()[0]) from exc
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def _slots(ray, options: EngineOptions) -> int:
@@ -106,48 +119,51 @@ def run_on_ray(queue: ClaimQueue, report: Report, run_dir: Path, *, data_root, d
                plugin_files: list[str], progress: bool, on_start=None) -> None:
     from clbench.scenarios.datasets import downloads_allowed, resolve_data_root
 
-    ray = import_ray(local=options.address is None)
-    started_here = not ray.is_initialized()
-    if started_here:
-        _connect(ray, options.address)
+    ray = import_ray()  # connected by ray_session
+    slots = _slots(ray, options)
+    remote = ray.remote(ray_cell).options(
+        num_cpus=options.cpus_per_cell, num_gpus=options.gpus_per_cell, max_retries=options.retries,
+        retry_exceptions=False,
+    )
+    # Resolved here: a worker on another node has neither our cwd nor our environment.
+    shared = (str(resolve_data_root(data_root)), downloads_allowed(download),
+              [(Path(p).name, Path(p).read_text()) for p in plugin_files],
+              max(1, int(options.cpus_per_cell)), options.deterministic)
+    in_flight: dict[Any, tuple[Any, float]] = {}
     try:
-        slots = _slots(ray, options)
-        remote = ray.remote(ray_cell).options(
-            num_cpus=options.cpus_per_cell, num_gpus=options.gpus_per_cell, max_retries=options.retries,
-            retry_exceptions=False,
-        )
-        # Resolved here: a worker on another node has neither our cwd nor our environment.
-        shared = (str(resolve_data_root(data_root)), downloads_allowed(download),
-                  [(Path(p).name, Path(p).read_text()) for p in plugin_files],
-                  max(1, int(options.cpus_per_cell)), options.deterministic)
-        in_flight: dict[Any, tuple[Any, float]] = {}
-        queue_done = False
-        while True:
-            while not queue_done and len(in_flight) < slots:
-                task = queue.next()
-                if task is None:
-                    queue_done = True
-                elif task == WAIT:
-                    break
-                else:
-                    if on_start:
-                        on_start(task)
-                    in_flight[remote.remote(task.cfg.to_dict(), *shared)] = (task, time.monotonic())
-            if not in_flight:
-                if queue_done:
-                    return
-                time.sleep(POLL_S)
-                continue
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
-            if ready and len(in_flight) > 1:  # take everything else that is done by now, too
-                ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
-            for ref in ready:
-                task, _ = in_flight.pop(ref)
-                _store(ray, ref, task, run_dir, report, options)
-            _cancel_overdue(ray, in_flight, run_dir, report, options)
-    finally:
-        if started_here:
-            ray.shutdown()
+        _schedule(ray, remote, shared, slots, in_flight, queue, report, run_dir, options, on_start)
+    finally:  # interrupted or failed: nothing of ours keeps running on a cluster that stays up
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+
+
+def _schedule(ray, remote, shared, slots: int, in_flight: dict, queue: ClaimQueue, report: Report, run_dir: Path,
+              options: EngineOptions, on_start) -> None:
+    """Keep one cell per slot in flight until the queue is empty and every cell is stored."""
+    queue_done = False
+    while True:
+        while not queue_done and len(in_flight) < slots:
+            task = queue.next()
+            if task is None:
+                queue_done = True
+            elif task == WAIT:
+                break
+            else:
+                if on_start:
+                    on_start(task)
+                in_flight[remote.remote(task.cfg.to_dict(), *shared)] = (task, time.monotonic())
+        if not in_flight:
+            if queue_done:
+                return
+            time.sleep(POLL_S)
+            continue
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
+        if ready and len(in_flight) > 1:  # take everything else that is done by now, too
+            ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
+        for ref in ready:
+            task, _ = in_flight.pop(ref)
+            _store(ray, ref, task, run_dir, report, options)
+        _cancel_overdue(ray, in_flight, run_dir, report, options)
 
 
 def _store(ray, ref, task, run_dir: Path, report: Report, options: EngineOptions) -> None:
