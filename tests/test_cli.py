@@ -82,7 +82,7 @@ def test_entry_point_strategies_are_discovered(tmp_path):
     "args, message",
     [
         (["run", "--scenario", "pmnist", "--strategy", "ewcc"], "unknown strategy 'ewcc'; valid strategys: agem"),
-        (["run", "--scenario", "mnist", "--strategy", "ewc"], "unknown scenario 'mnist'; valid scenarios: pmnist"),
+        (["run", "--scenario", "mnist", "--strategy", "ewc"], "unknown scenario 'mnist'; valid scenarios: 20news, banking77, brown_lm, clinc150, pmnist"),
         (["run", "--scenario", "pmnist", "--strategy", "ewc", "--set", "lr=abc"], "lr: 'abc' is not a number"),
         (["run", "--scenario", "pmnist", "--strategy", "ewc", "--set", "bogus=1"], "unknown config key 'bogus'"),
         (["run", "--scenario", "pmnist", "--strategy", "icarl"], "does not support domain_il"),
