@@ -83,7 +83,6 @@ def dgd_rule_step(
     s0: torch.Tensor,
     *,
     dgd: bool = True,
-    gates: ChunkGates | None = None,
     impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One semantic chunk in HOPE's head-major layout, read before write, dispatched.
@@ -92,13 +91,12 @@ def dgd_rule_step(
     eta, alpha: [B, H, C]; s0: [B, H, K, V]); returns (o [B, H, C, V], S_C). HOPE's
     memories call this once per chunk because their next chunk's inputs are read from
     this chunk's end state. No value scans: the caller keeps the gates in range and
-    checks its own results. `gates` only serves the "chunk" path (the kernel forms
-    its own in registers). The Triton kernel takes the token-major layout, so its
+    checks its own results. The Triton kernel takes the token-major layout, so its
     path transposes in and out (the wrapper makes the inputs contiguous).
     """
     impl = resolve_impl(impl, q)
     if impl == "chunk":
-        return dgd_rule_one_chunk(q, k, w, eta, alpha, s0, dgd=dgd, gates=gates)
+        return dgd_rule_one_chunk(q, k, w, eta, alpha, s0, dgd=dgd)
     token_major = [x.transpose(1, 2) for x in (q, k, w, eta, alpha)]
     if impl == "naive":
         o, s = dgd_rule_naive(*token_major, s0, dgd=dgd, read_before_write=True)
