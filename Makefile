@@ -4,30 +4,49 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.clbench-installed
+# Every install pins every distribution to the committed lock (all extras included), so two
+# fresh installs a month apart are the same program. `make lock` regenerates it on purpose.
+LOCK   := requirements/lock.txt
+EXTRAS := dev,dist,text
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 # Two worker processes with one torch thread each: the setting the 10-minute
 # figure in benchmarks/RESULTS.md was measured with, and robust when something
 # else holds a core (two threads in one process then thrash).
 # `make bench JOBS=1` runs cells one at a time.
 JOBS   ?= 2
 
-.PHONY: install bench bench-text test report bench-full reproduce lint clean-runs
+.PHONY: install lock bench bench-text test report bench-full reproduce lint clean-runs
 
 install: $(STAMP)
 
-# Re-installs only when pyproject.toml changes; the package itself is editable.
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml or the lock changes; the package itself is editable.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,text]'
+	$(PIP) -c $(LOCK) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
+
+# Resolve the newest versions pyproject.toml allows in a throw-away venv and freeze them.
+# Then: make install, make test, make bench, and `clbench report --compare` (README, "Upgrading").
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	{ echo "# clbench's dependency lock: every distribution of \`pip install -e '.[$(EXTRAS)]'\`, pinned."; \
+	  echo "# Made by \`make lock\` on $$(date -u +%F) with Python $$(.lock-venv/bin/python -c 'import platform; print(platform.python_version())') on $$(uname -m) Linux."; \
+	  echo "# \`make install\` installs with -c this file; do not edit it by hand."; \
+	  .lock-venv/bin/pip freeze --exclude-editable --disable-pip-version-check | LC_ALL=C sort -f; } > $(LOCK)
+	rm -rf .lock-venv
+	@echo "wrote $(LOCK): $$(grep -c '==' $(LOCK)) pinned distributions"
 
 bench: install
 	$(BIN)/clbench bench suites/quick.toml --out runs/quick --jobs $(JOBS) --report reports/quick
 
+# pytest through its console script, not `python -m pytest` (which puts the cwd, the repo root,
+# first on sys.path); importlib import mode (pyproject) keeps it off as well.
 test: install
 	# One intra-op thread: the test models are tiny, and two threads on a busy
 	# 2-core machine thrash (a cell can take 10x longer).
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
-
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q
 report: install
 	$(BIN)/clbench report runs/quick --out reports/quick
 

@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # runs from a checkout even before `pip install -e .`
+# No sys.path insert of the repo root: it would let `kernels` shadow Hugging Face's (clbench/sys_path_guard.py).
+# Run with the installed clbench: `.venv/bin/python benchmarks/<this file>` after `make install`.
 
 import torch  # noqa: E402
 

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # runs from a checkout even before `pip install -e .`
+# No sys.path insert of the repo root: it would let `kernels` shadow Hugging Face's (clbench/sys_path_guard.py).
+# Run with the installed clbench: `.venv/bin/python benchmarks/<this file>` after `make install`.
 
 from clbench.nested.optim import DGD, DMGD, M3, DeltaMomentum  # noqa: E402
 

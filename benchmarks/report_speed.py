@@ -25,7 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # runs from a checkout even before `pip install -e .`
+# No sys.path insert of the repo root: it would let `kernels` shadow Hugging Face's (clbench/sys_path_guard.py).
+# Run with the installed clbench: `.venv/bin/python benchmarks/<this file>` after `make install`.
 
 SCENARIOS = ("pmnist", "split_mnist", "split_cifar100", "clinc150")
 STRATEGIES = ("naive", "ewc", "si", "lwf", "replay", "agem", "der", "gdumb", "hope", "joint")

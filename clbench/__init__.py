@@ -7,6 +7,10 @@ accuracy matrices.
 
 __version__ = "0.1.0"
 
+from clbench.sys_path_guard import drop_repo_root  # noqa: E402  (first: see its docstring)
+
+drop_repo_root()
+
 from clbench.registry import (  # noqa: E402  (the public registration API)
     register_model,
     register_plugin,

@@ -25,6 +25,7 @@ import torch
 
 import clbench
 from clbench.config import RunConfig
+from clbench.install_lock import lock_record
 from clbench.models import count_parameters
 from clbench.registry import MODELS, PLUGINS, SCENARIOS, STRATEGIES
 from clbench.store import SCHEMA_VERSION, cell_id, write_result
@@ -99,7 +100,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {
         "python": platform.python_version(), "torch": torch.__version__, "avalanche": avalanche.__version__,
         "clbench": clbench.__version__, "device": str(device), "git_sha": _GIT_SHA, "hostname": socket.gethostname(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), **lock_record(),
     }
 
 

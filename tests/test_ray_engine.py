@@ -12,7 +12,8 @@ import pytest
 
 from clbench.cli import main
 from clbench.engines.ray_engine import import_ray
-from tests.test_reliability import by_label, results, stable, write_suite
+
+from .test_reliability import by_label, results, stable, write_suite
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -38,6 +39,10 @@ def test_cell_result_has_full_matrix_and_schema(tmp_path, data_root):
     assert all(0.0 <= v <= 1.0 for row in stored["matrix"] for v in row)
     assert stored["config"]["scenario_args"]["n_experiences"] == 3
     assert stored["env"]["avalanche"] == "0.6.0" and stored["num_params"] > 0
+    # Which install made it: the committed lock's SHA-256, and that this venv matches the lock.
+    lock = Path(__file__).resolve().parent.parent / "requirements" / "lock.txt"
+    assert stored["env"]["lock_sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
+    assert stored["env"]["lock_matches_install"] is True, stored["env"].get("lock_mismatches")
     assert len(stored["scenario_info"]["domains"]) == 3  # one permutation checksum per experience
     # The untrained model is near chance on 10 classes; training on experience 0 lifts column 0.
     assert stored["matrix"][0][0] > stored["initial"][0]

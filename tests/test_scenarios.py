@@ -10,7 +10,8 @@ from clbench.registry import SCENARIOS
 from clbench.resolve import resolve_config
 from clbench.runner import run_cell
 from clbench.scenarios.mnist import load_normalized
-from tests.test_datasets import write_cifar_pickles
+
+from .test_datasets import write_cifar_pickles
 
 
 def build(name, data_root, seed=0, profile="smoke", **options):

@@ -19,7 +19,8 @@ from clbench.scenarios.text_data import (
     load_brown,
     load_clinc150,
 )
-from tests.test_text_data import write_banking, write_brown, write_clinc, write_news
+
+from .test_text_data import write_banking, write_brown, write_clinc, write_news
 
 REAL_ROOT = resolve_data_root(None)  # computed before any test changes the environment
 

@@ -56,6 +56,10 @@ def ray_cell(cfg_dict: dict[str, Any], data_root: str, download: bool, plugins: 
     """The task body: one cell in a Ray worker, its result returned to the driver."""
     import torch
 
+    from clbench.sys_path_guard import drop_repo_root
+
+    drop_repo_root()  # Ray adds the driver's cwd to each worker's sys.path, possibly after clbench's import
+
     from clbench.config import RunConfig
     from clbench.registry import load_plugin_file
     from clbench.runner import run_cell

@@ -63,8 +63,23 @@ def counts_line(analysis: Analysis) -> str:
     )
 
 
+def installs_line(cells: list[dict]) -> str:
+    """Which dependency locks produced the cells (env.lock_sha256, recorded since the lock existed)."""
+    counts: dict[str, list[int]] = {}
+    for cell in cells:
+        env = cell.get("env") or {}
+        entry = counts.setdefault(str(env.get("lock_sha256", "not recorded"))[:12], [0, 0])
+        entry[0] += 1
+        entry[1] += env.get("lock_matches_install") is False
+    parts = [f"{sha} ({n} cell(s){f', {off} not matching their install' if off else ''})"
+             for sha, (n, off) in sorted(counts.items())]
+    return "Installs (requirements/lock.txt SHA-256): " + "; ".join(parts) + "."
+
+
 def render_markdown(analysis: Analysis, tables: list[DisplayTable]) -> str:
     parts = [f"# clbench report: {analysis.run_name}\n", counts_line(analysis) + "\n"]
+    if analysis.run.cells:
+        parts.append(installs_line(analysis.run.cells) + "\n")
     for i, table in enumerate(tables, start=1):
         parts.append(f"## {table.title}\n")
         parts.append(markdown_table(table) + "\n")
