@@ -352,8 +352,8 @@ def comparison_caption(info: ScenarioInfo, rows: pd.DataFrame) -> list[str]:
         " half-width, Student t over the per-seed differences): the effect size.",
         f"p: two-sided paired t-test on those seeds, raw, then in parentheses Holm-Bonferroni"
         f" adjusted over this table's family: every p-value this table shows (each row vs"
-        f" {NAIVE} on {acc} and on forgetting, and each row vs its best other baseline by mean"
-        f" {acc} on {acc}; a pair shown twice is counted once), {family} test(s).",
+        f" {NAIVE} on {acc} and on forgetting, and each row vs its best other baseline, by mean"
+        f" {acc}, on {acc}; a pair shown twice is counted once), {family} test(s).",
         "identical: every paired difference is 0 (p = 1); constant diff: the same non-zero"
         " difference on every seed, zero variance, so the t-test is undefined (not p = 0).",
         f"MDE: the smallest true mean {acc} difference the paired t-test detects with power"
