@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from clbench.metrics import COST_FIELDS, SCALAR_METRICS, as_matrix, cell_metrics
 from clbench.report.load import LoadedRun
-from clbench.report.stats import OK, holm, mde_in_sd, paired_diff
+from clbench.report.stats import OK, holm, mde_in_sd, paired_diff, t_975
 
 STAT_KEYS = SCALAR_METRICS + COST_FIELDS
 # Per-cell columns of `Analysis.cells` (and of long.csv) besides the statistics.
@@ -84,7 +83,7 @@ def seed_stats(values) -> tuple[float, float, float]:
     if n < 2:
         return mean, math.nan, math.nan
     std = float(np.std(x, ddof=1))
-    return mean, std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+    return mean, std, t_975(n - 1) * std / math.sqrt(n)
 
 
 def paired_p(a: dict[int, float], b: dict[int, float]) -> tuple[float, int]:

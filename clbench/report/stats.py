@@ -69,7 +69,13 @@ def paired_diff(a: dict[int, float], b: dict[int, float]) -> PairedDiff:
     # Same statistic as scipy.stats.ttest_rel, without its per-call overhead
     # (reports run hundreds of these).
     p = float(2 * stats.t.sf(abs(mean / se), n - 1))
-    return PairedDiff(n, mean, float(stats.t.ppf(0.975, n - 1) * se), sd, p, OK)
+    return PairedDiff(n, mean, t_975(n - 1) * se, sd, p, OK)
+
+
+@functools.cache
+def t_975(dof: int) -> float:
+    """Student t quantile for a two-sided 95% CI; cached, since scipy's ppf is slow per call."""
+    return float(stats.t.ppf(0.975, dof))
 
 
 def holm(p_values) -> np.ndarray:
