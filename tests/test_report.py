@@ -171,6 +171,11 @@ def test_wide_and_long_csv_agree_with_metrics(run_dir):
     ]
     assert sorted(acc_rows["value"]) == pytest.approx(sorted(accs))
     assert acc_rows["p_vs_naive"].nunique() == 1 and acc_rows["best_baseline"].iloc[0] == "replay"
+    # Holm-adjusted p in long.csv where the tables show the test, NaN elsewhere (BWT: no table).
+    assert (acc_rows["p_vs_naive_holm"] == row["p_acc_vs_naive_holm"]).all()
+    assert row["p_acc_vs_naive"] < row["p_acc_vs_naive_holm"] <= 1
+    bwt_rows = long[(long["metric"] == "bwt") & (long["label"] == "ewc")]
+    assert bwt_rows["p_vs_naive"].notna().all() and bwt_rows["p_vs_naive_holm"].isna().all()
     per_exp = long[long["metric"] == "forgetting_exp"]
     assert sorted(per_exp["experience"].unique()) == [0, 1, 2, 3]
 
@@ -326,3 +331,7 @@ def test_unusual_runs_still_render(tmp_path):
     s = result.summary.set_index("scenario")
     assert s.loc["only_joint", "best_baseline"] == "" and s.loc["long_stream", "n_seeds"] == 2
     assert "long_stream: best ACC ewc" in result.text
+    md = (result.out_dir / "summary.md").read_text()
+    # No naive row: no differences, no tests, and the caption says why.
+    assert "| ewc | 2 |" in md and md.count("the row labelled naive, absent here") == 2
+    assert "n/a ± n/a" not in md

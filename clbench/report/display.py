@@ -189,6 +189,8 @@ def _diff_cell(key: str, u: Units) -> Callable[[pd.Series], Cell]:
         if r["label"] == NAIVE:
             return Cell("reference")
         mean, half = r[f"diff_{key}_vs_naive"] * u.scale, r[f"diff_{key}_vs_naive_ci95"] * u.scale
+        if not math.isfinite(mean):  # no shared seed with naive, or no naive row
+            return Cell(NA)
         return Cell(fmt_signed(mean, u.decimals), fmt_number(half, u.decimals))
 
     return cell
