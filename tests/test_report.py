@@ -7,12 +7,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from clbench import metrics as M
 from clbench.errors import ClbenchError
 from clbench.report import build_report, load_run, write_summary_csv
 from clbench.report.aggregate import STAT_KEYS, analyze, paired_p, seed_stats
 from clbench.report.plots import pareto_front, render_plots
+from clbench.report.stats import holm, mde_in_sd, paired_diff
 from clbench.report.synthetic import (
     result_with_matrix,
     synthetic_result,
@@ -53,7 +55,61 @@ def test_paired_t_test_matches_on_seed_only():
     assert p == pytest.approx(1 - abs(t) / math.sqrt(t**2 + 2))  # two-sided p for 2 dof
     assert math.isnan(paired_p({0: 0.5}, {0: 0.4})[0])  # one pair: no test
     assert paired_p({0: 0.5, 1: 0.6}, {0: 0.5, 1: 0.6})[0] == 1.0  # identical rows
-    assert paired_p({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5})[0] == 0.0  # constant shift
+    # A constant shift has zero variance: no t-test (NaN), never p = 0.
+    assert math.isnan(paired_p({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5})[0])
+
+
+def test_paired_diff_ci_and_zero_variance_status():
+    d = paired_diff({0: 0.80, 1: 0.85, 2: 0.90}, {0: 0.70, 1: 0.80, 2: 0.70})
+    sd = float(np.std([0.10, 0.05, 0.20], ddof=1))
+    assert (d.n, d.status) == (3, "ok") and d.mean == pytest.approx(0.35 / 3)
+    assert d.sd == pytest.approx(sd) and d.ci95 == pytest.approx(T_975_DF2 * sd / math.sqrt(3))
+    # A shift that floats make unequal by 1e-17 is still constant, not p ~ 1e-15.
+    shifted = paired_diff({0: 0.1 + 0.2, 1: 0.3}, {0: 0.2, 1: 0.2})
+    assert shifted.status == "constant" and math.isnan(shifted.p)
+    assert shifted.mean == pytest.approx(0.1) and shifted.ci95 == 0.0
+    same = paired_diff({0: 0.5, 1: 0.6}, {0: 0.5, 1: 0.6})
+    assert (same.status, same.p, same.mean) == ("identical", 1.0, 0.0)
+    assert paired_diff({0: 0.5}, {0: 0.4}).status == "too few"
+
+
+def test_holm_matches_statsmodels_and_skips_nan():
+    p = [0.01, float("nan"), 0.04, 0.03]
+    # Three tests: 0.01 * 3, then max(0.03, 0.03 * 2), then max(0.06, 0.04 * 1).
+    assert holm(p)[[0, 2, 3]] == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(holm(p)[1])
+
+
+def test_minimum_detectable_effect_shrinks_with_seeds():
+    # Power of the two-sided paired test at the MDE is 0.8 (noncentral t, n - 1 dof).
+    for n in (3, 5, 10):
+        d, crit = mde_in_sd(n), stats.t.ppf(0.975, n - 1)
+        nc = d * math.sqrt(n)
+        assert stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc) == pytest.approx(
+            0.8, abs=1e-6
+        )
+    assert mde_in_sd(3) > mde_in_sd(5) > mde_in_sd(10) > 0
+    assert math.isnan(mde_in_sd(1))
+
+
+def test_holm_family_counts_a_pair_shown_twice_once(run_dir):
+    """ewc's best baseline is replay and replay's is ewc: one test, in the family once."""
+    s = analyze(load_run(run_dir)).summary
+    s = s[s["scenario"] == "pmnist"].set_index("label")
+    assert (s.loc["ewc", "best_baseline"], s.loc["replay", "best_baseline"]) == ("replay", "ewc")
+    assert s.loc["naive", "best_baseline"] == "replay"  # naive-replay on ACC is also shown twice
+    # Shown: ewc and replay vs naive (ACC, forgetting), ewc-replay (ACC), joint vs naive
+    # (ACC, forgetting) and joint vs replay (ACC): 8 distinct tests of the 10 p-values shown.
+    shown = [s.loc[lab, f"p_{k}_vs_naive"] for lab in ("ewc", "replay", "joint")
+             for k in ("acc", "forgetting")]  # fmt: skip
+    shown += [s.loc[lab, "p_acc_vs_best"] for lab in ("naive", "ewc", "replay", "joint")]
+    assert all(np.isfinite(shown)) and len(set(shown)) == 8
+    assert (s["holm_family_size"] == 8).all()
+    assert s.loc["ewc", "p_acc_vs_best_holm"] == s.loc["replay", "p_acc_vs_best_holm"]
+    assert s.loc["naive", "p_acc_vs_best_holm"] == s.loc["replay", "p_acc_vs_naive_holm"]
+    smallest = min(shown)
+    holm_columns = ["p_acc_vs_naive_holm", "p_forgetting_vs_naive_holm", "p_acc_vs_best_holm"]
+    assert min(s[holm_columns].min()) == pytest.approx(min(1.0, 8 * smallest))
 
 
 def test_pareto_front_respects_metric_direction():
@@ -69,7 +125,8 @@ def test_all_formats_are_written(run_dir):
     expected = {"summary.md", "summary.csv", "long.csv", "summary.tex", "report.html"}
     for scenario in ("pmnist", "split_mnist"):
         expected |= {
-            f"{scenario}__{k}.png" for k in ("heatmaps", "seen_average", "forgetting", "pareto")
+            f"{scenario}__{k}.png"
+            for k in ("heatmaps", "seen_average", "forgetting", "stability_plasticity", "pareto")
         }
     assert names == expected
     assert result.out_dir == run_dir / "report"
@@ -114,6 +171,11 @@ def test_wide_and_long_csv_agree_with_metrics(run_dir):
     ]
     assert sorted(acc_rows["value"]) == pytest.approx(sorted(accs))
     assert acc_rows["p_vs_naive"].nunique() == 1 and acc_rows["best_baseline"].iloc[0] == "replay"
+    # Holm-adjusted p in long.csv where the tables show the test, NaN elsewhere (BWT: no table).
+    assert (acc_rows["p_vs_naive_holm"] == row["p_acc_vs_naive_holm"]).all()
+    assert row["p_acc_vs_naive"] < row["p_acc_vs_naive_holm"] <= 1
+    bwt_rows = long[(long["metric"] == "bwt") & (long["label"] == "ewc")]
+    assert bwt_rows["p_vs_naive"].notna().all() and bwt_rows["p_vs_naive_holm"].isna().all()
     per_exp = long[long["metric"] == "forgetting_exp"]
     assert sorted(per_exp["experience"].unique()) == [0, 1, 2, 3]
 
@@ -184,9 +246,10 @@ def test_compare_runs_side_by_side(tmp_path):
     before, after = tmp_path / "a" / "run", tmp_path / "b" / "run"
     write_synthetic_run(before, scenarios=("pmnist",), strategies=("naive", "ewc", "replay"))
     write_synthetic_run(after, scenarios=("pmnist",), strategies=("naive", "ewc"))
-    for cell in load_run(after).cells:  # the change: ewc's final row is 1 point better
+    for cell in load_run(after).cells:  # the change: ewc's final row is 1.0-1.2 points better
         if cell["label"] == "ewc":
-            cell["matrix"][-1] = [v + 0.01 for v in cell["matrix"][-1]]
+            bump = 0.01 + 0.001 * cell["seed"]  # seeds 0, 1, 2
+            cell["matrix"][-1] = [v + bump for v in cell["matrix"][-1]]
             write_result(after, {k: v for k, v in cell.items() if k != "_path"})
     result = build_report(before, compare=[after], formats="md")
     names = {p.name for p in result.paths}
@@ -194,14 +257,32 @@ def test_compare_runs_side_by_side(tmp_path):
     frame = pd.read_csv(result.out_dir / "compare.csv")
     assert set(frame["run"]) == {"run", "run#2"}  # same directory names, told apart
     ewc = frame[(frame["label"] == "ewc") & (frame["run_index"] == 1)].iloc[0]
-    assert ewc["delta_acc_vs_first"] == pytest.approx(0.01)
-    assert ewc["delta_forgetting_vs_first"] == pytest.approx(-0.01)
+    assert ewc["delta_acc_vs_first"] == pytest.approx(0.011)
+    assert ewc["delta_forgetting_vs_first"] == pytest.approx(-0.011)
     assert ewc["p_acc_vs_first"] < 0.01 and ewc["n_pairs_vs_first"] == 3
     naive = frame[(frame["label"] == "naive") & (frame["run_index"] == 1)].iloc[0]
     assert naive["delta_acc_vs_first"] == pytest.approx(0.0)
+    assert naive["status_acc_vs_first"] == "identical" and naive["p_acc_vs_first"] == 1.0
     md = (result.out_dir / "compare.md").read_text()
-    assert "| ewc | 3 |" in md and "+1.00" in md
+    assert "| ewc | 3 |" in md and "+1.10" in md
     assert "| replay | 3 |" in md and "absent" in md  # replay only ran in the first run
+    # One Holm family per scenario table: ewc's test and naive's (identical, p = 1); replay
+    # has no partner.
+    family = frame.loc[frame["run_index"] == 1, "p_acc_vs_first"].dropna()
+    assert len(family) == 2
+    assert ewc["p_acc_vs_first_holm"] == pytest.approx(min(1.0, 2 * family.min()))
+    assert "Holm-Bonferroni adjusted over this table's family" in md and "2 test(s)" in md
+
+
+def test_compare_with_itself_says_identical(tmp_path):
+    run = tmp_path / "run"
+    write_synthetic_run(run, scenarios=("pmnist",), strategies=("naive", "ewc"))
+    result = build_report(run, compare=[run], formats="md")
+    frame = pd.read_csv(result.out_dir / "compare.csv")
+    later = frame[frame["run_index"] == 1]
+    assert set(later["status_acc_vs_first"]) == {"identical"}
+    md = (result.out_dir / "compare.md").read_text()
+    assert md.count("| identical |") == 2 and "<0.001" not in md
 
 
 def test_compare_run_without_results_is_named(tmp_path, run_dir):
@@ -215,7 +296,7 @@ def test_plots_are_the_same_in_one_or_several_processes(tmp_path):
     analysis = analyze(load_run(tmp_path / "run"))
     serial = render_plots(analysis, jobs=1)
     forked = render_plots(analysis, jobs=2)
-    kinds = ("heatmaps", "seen_average", "forgetting", "pareto")
+    kinds = ("heatmaps", "seen_average", "forgetting", "stability_plasticity", "pareto")
     assert [p.filename for p in serial] == [f"pmnist__{k}.png" for k in kinds]
     assert [p.png for p in serial] == [p.png for p in forked]
 
@@ -250,3 +331,7 @@ def test_unusual_runs_still_render(tmp_path):
     s = result.summary.set_index("scenario")
     assert s.loc["only_joint", "best_baseline"] == "" and s.loc["long_stream", "n_seeds"] == 2
     assert "long_stream: best ACC ewc" in result.text
+    md = (result.out_dir / "summary.md").read_text()
+    # No naive row: no differences, no tests, and the caption says why.
+    assert "| ewc | 2 |" in md and md.count("the row labelled naive, absent here") == 2
+    assert "n/a ± n/a" not in md

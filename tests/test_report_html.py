@@ -34,7 +34,8 @@ def test_page_is_self_contained(report):
     html = (report.out_dir / "report.html").read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in html
     assert html.count("<table") == 4  # two scenarios + a comparison table for each
-    assert html.count('src="data:image/png;base64,') == 8  # four figures per scenario
+    assert html.count('src="data:image/png;base64,') == 10  # five figures per scenario
+    assert "forgetting vs plasticity" in html or "Forgetting versus plasticity" in html
     # Nothing fetched from anywhere: no external scripts, styles or images.
     assert not re.search(r'(src|href)="(?!data:)', html)
     assert "<script" not in html

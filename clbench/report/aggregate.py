@@ -5,10 +5,12 @@
 * Over seeds: mean, sample standard deviation (ddof = 1) and the half-width of a
   95% confidence interval from Student's t with n - 1 degrees of freedom.
   n = 1 gives NaN std and CI, which tables show as "n/a".
-* Each row is compared with `naive` and with the best other baseline (highest
-  mean ACC in the scenario, excluding itself and joint) by a paired t-test on
-  the seeds both have: two runs differing by 0.3 points are not a win unless p
-  says so.
+* Each row is compared with `naive` (the reference row) and with the best other
+  baseline (highest mean ACC in the scenario, excluding itself and joint) by a
+  paired t-test on the seeds both have: two runs differing by 0.3 points are not a
+  win unless p says so. For ACC and forgetting the paired difference to naive is
+  kept with its 95% CI and minimum detectable effect, and each scenario's shown
+  p-values are Holm-adjusted as one family (clbench.report.stats).
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from clbench.metrics import COST_FIELDS, SCALAR_METRICS, as_matrix, cell_metrics
 from clbench.report.load import LoadedRun
+from clbench.report.stats import OK, holm, mde_in_sd, paired_diff, t_975
 
 STAT_KEYS = SCALAR_METRICS + COST_FIELDS
 # Per-cell columns of `Analysis.cells` (and of long.csv) besides the statistics.
@@ -32,6 +34,8 @@ IDENTITY_COLUMNS = (
 )  # fmt: skip
 NAIVE = "naive"
 JOINT = "joint"  # trains on all experiences at once: the upper-bound reference
+# Metrics whose paired difference to naive (with CI and detectable effect) tables show.
+REFERENCE_METRICS = ("acc", "forgetting")
 
 
 @dataclass
@@ -79,26 +83,13 @@ def seed_stats(values) -> tuple[float, float, float]:
     if n < 2:
         return mean, math.nan, math.nan
     std = float(np.std(x, ddof=1))
-    return mean, std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+    return mean, std, t_975(n - 1) * std / math.sqrt(n)
 
 
 def paired_p(a: dict[int, float], b: dict[int, float]) -> tuple[float, int]:
-    """Two-sided paired t-test p-value on the seeds present in both, and the pair count.
-
-    Fewer than 2 pairs or a NaN value gives NaN. Identical differences have zero
-    variance: p is 1 when they are all 0 and 0 otherwise (the limit of the test).
-    """
-    seeds = sorted(set(a) & set(b))
-    diffs = np.array([a[s] - b[s] for s in seeds], dtype=float)
-    if diffs.size < 2 or np.isnan(diffs).any():
-        return math.nan, int(diffs.size)
-    if np.all(diffs == diffs[0]):
-        return (1.0 if diffs[0] == 0 else 0.0), int(diffs.size)
-    # Same statistic as scipy.stats.ttest_rel, without its per-call overhead
-    # (reports run hundreds of these).
-    n = diffs.size
-    t = diffs.mean() / (diffs.std(ddof=1) / math.sqrt(n))
-    return float(2 * stats.t.sf(abs(t), n - 1)), int(n)
+    """(p, pair count) of `paired_diff(a, b)`: see clbench.report.stats for zero variance."""
+    d = paired_diff(a, b)
+    return d.p, d.n
 
 
 def analyze(run: LoadedRun) -> Analysis:
@@ -220,23 +211,68 @@ def _row_order(row) -> tuple:
 
 
 def _add_paired_tests(summary: pd.DataFrame, values, scenarios) -> None:
-    """p-values of every scalar metric vs naive and vs the best other baseline."""
+    """Paired tests of every scalar metric vs naive and vs the best other baseline.
+
+    For the metrics the tables compare (REFERENCE_METRICS) the difference to naive is
+    kept too, with its CI, the SD of the per-seed differences and the minimum
+    detectable effect; then Holm-adjusted p-values over each scenario's family.
+    """
     new: dict[str, list] = defaultdict(list)
     for _, row in summary.iterrows():
         scenario, label = row["scenario"], row["label"]
         best = _best_baseline(summary, scenario, label, scenarios[scenario].higher_is_better)
         new["best_baseline"].append(best or "")
         mine = values[(scenario, label)]
+        by_tag = {}
         for other, tag in ((NAIVE, "naive"), (best, "best")):
             theirs = values.get((scenario, other)) if other and other != label else None
-            for k in SCALAR_METRICS:
-                p = paired_p(mine[k], theirs[k])[0] if theirs else math.nan
-                new[f"p_{k}_vs_{tag}"].append(p)
-            new[f"n_pairs_vs_{tag}"].append(
-                len(set(mine["acc"]) & set(theirs["acc"])) if theirs else 0
-            )
+            by_tag[tag] = {
+                k: paired_diff(mine[k], theirs[k] if theirs else {}) for k in SCALAR_METRICS
+            }
+            for k, d in by_tag[tag].items():
+                new[f"p_{k}_vs_{tag}"].append(d.p)
+            new[f"n_pairs_vs_{tag}"].append(by_tag[tag]["acc"].n)
+        new["status_acc_vs_best"].append(by_tag["best"]["acc"].status if best else "")
+        for k in REFERENCE_METRICS:
+            d = by_tag["naive"][k]
+            new[f"diff_{k}_vs_naive"].append(d.mean)
+            new[f"diff_{k}_vs_naive_ci95"].append(d.ci95)
+            new[f"diff_{k}_vs_naive_sd"].append(d.sd)
+            new[f"status_{k}_vs_naive"].append(d.status if label != NAIVE else "")
+            # Only a test that ran has a detectable effect (zero SD would give a fake 0).
+            new[f"mde_{k}_vs_naive"].append(mde_in_sd(d.n) * d.sd if d.status == OK else math.nan)
+        new["mde_sd_units"].append(mde_in_sd(by_tag["naive"]["acc"].n))
     for col, vals in new.items():
         summary[col] = vals
+    _add_holm(summary)
+
+
+# The p-values each summary table shows: (metric, compared with). The Holm family
+# of a scenario is every distinct test among them (a pair tested twice counts once).
+HOLM_FAMILY = (("acc", "naive"), ("forgetting", "naive"), ("acc", "best"))
+
+
+def _add_holm(summary: pd.DataFrame) -> None:
+    """p_<metric>_vs_<tag>_holm columns and holm_family_size (tests in the scenario's family)."""
+    for k, tag in HOLM_FAMILY:
+        summary[f"p_{k}_vs_{tag}_holm"] = math.nan
+    summary["holm_family_size"] = 0
+    for _, rows in summary.groupby("scenario", sort=False):
+        tests: dict[tuple, float] = {}
+        cells = []
+        for idx, r in rows.iterrows():
+            for k, tag in HOLM_FAMILY:
+                other = NAIVE if tag == "naive" else r["best_baseline"]
+                p = r[f"p_{k}_vs_{tag}"]
+                if not other or other == r["label"] or not math.isfinite(p):
+                    continue
+                key = (frozenset((r["label"], other)), k)
+                tests.setdefault(key, p)
+                cells.append((idx, f"p_{k}_vs_{tag}_holm", key))
+        adjusted = dict(zip(tests, holm(list(tests.values())), strict=True))
+        for idx, col, key in cells:
+            summary.at[idx, col] = adjusted[key]
+        summary.loc[rows.index, "holm_family_size"] = len(tests)
 
 
 def _best_baseline(

@@ -3,7 +3,8 @@
 For every (scenario, label) present in any run: ACC and forgetting of each run,
 then the difference of each later run against the first one, with a paired
 t-test on the seeds both runs share (same seed, same stream), so that a small
-delta from noise is not read as a regression.
+delta from noise is not read as a regression. Each scenario's table is one Holm
+family: its p-values are shown raw and Holm-adjusted (clbench.report.stats).
 """
 
 from __future__ import annotations
@@ -12,15 +13,24 @@ import math
 
 import pandas as pd
 
-from clbench.report.aggregate import Analysis, paired_p
-from clbench.report.display import Cell, Column, DisplayTable, fmt_number, fmt_p, units_for
+from clbench.report.aggregate import Analysis
+from clbench.report.display import (
+    Cell,
+    Column,
+    DisplayTable,
+    fmt_number,
+    fmt_signed,
+    fmt_test,
+    units_for,
+)
+from clbench.report.stats import holm, paired_diff
 from clbench.report.tables import markdown_table
 
 COMPARE_COLUMNS = [
     "scenario", "label", "run", "run_index", "run_dir", "n_seeds", "metric_name",
     "higher_is_better", "acc_mean", "acc_std", "acc_ci95", "forgetting_mean",
     "forgetting_std", "forgetting_ci95", "delta_acc_vs_first", "delta_forgetting_vs_first",
-    "p_acc_vs_first", "n_pairs_vs_first",
+    "p_acc_vs_first", "n_pairs_vs_first", "status_acc_vs_first", "p_acc_vs_first_holm",
 ]  # fmt: skip
 # Copied as they are from each run's summary row.
 COPIED = [
@@ -71,14 +81,20 @@ def compare_frame(analyses: list[Analysis]) -> pd.DataFrame:
                 out[f"delta_{m}_vs_first"] = (
                     r[f"{m}_mean"] - base[f"{m}_mean"] if comparable else math.nan
                 )
-            p, n = (math.nan, 0)
+            p, n, status = (math.nan, 0, "")
             if comparable:
-                p, n = paired_p(
+                d = paired_diff(
                     _per_seed(a, scenario, label, "acc"), _per_seed(first, scenario, label, "acc")
                 )
+                p, n, status = d.p, d.n, d.status
             out["p_acc_vs_first"], out["n_pairs_vs_first"] = p, n
+            out["status_acc_vs_first"] = status
             rows.append(out)
-    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    frame = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    # One Holm family per scenario: the p-values of that scenario's table.
+    for _, group in frame.groupby("scenario", sort=False):
+        frame.loc[group.index, "p_acc_vs_first_holm"] = holm(group["p_acc_vs_first"])
+    return frame
 
 
 def _row(a: Analysis, scenario: str, label: str) -> pd.Series | None:
@@ -104,7 +120,7 @@ def compare_tables(frame: pd.DataFrame, names: list[str]) -> list[DisplayTable]:
         for name in names[1:]:
             vs = f"[{name} - {names[0]}]"
             columns += [Column(f"Δ ACC ({u.delta}) {vs}"), Column(f"Δ Forgetting ({u.delta}) {vs}"),
-                        Column(f"p(Δ ACC) {vs}")]  # fmt: skip
+                        Column(f"p(Δ ACC) raw (Holm) {vs}")]  # fmt: skip
         body = []
         for label in dict.fromkeys(rows["label"]):
             by_run = {r["run"]: r for _, r in rows[rows["label"] == label].iterrows()}
@@ -123,25 +139,26 @@ def compare_tables(frame: pd.DataFrame, names: list[str]) -> list[DisplayTable]:
                 if r is None:
                     line += [Cell("-"), Cell("-"), Cell("-")]
                     continue
-                line += [Cell(_signed(r["delta_acc_vs_first"] * u.scale, d)),
-                         Cell(_signed(r["delta_forgetting_vs_first"] * u.scale, d)),
-                         Cell(fmt_p(r["p_acc_vs_first"]))]  # fmt: skip
+                line += [Cell(fmt_signed(r["delta_acc_vs_first"] * u.scale, d)),
+                         Cell(fmt_signed(r["delta_forgetting_vs_first"] * u.scale, d)),
+                         Cell(fmt_test(r["p_acc_vs_first"], r["p_acc_vs_first_holm"],
+                                       r["status_acc_vs_first"]))]  # fmt: skip
             body.append(line)
         caption = (
             f"Runs: {', '.join(names)}. Δ = later run minus {names[0]}, each mean over that run's"
             " own seeds (p uses only the seeds both share); ACC and forgetting are"
             " defined as in the summary tables (mean +/- 95% CI half-width over seeds);"
-            " p: two-sided paired t-test on ACC over the seeds both runs share;"
+            " p: two-sided paired t-test on ACC over the seeds both runs share, raw, then in"
+            " parentheses Holm-Bonferroni adjusted over this table's family: every p-value in"
+            f" this table (each row, each later run vs {names[0]}, on ACC),"
+            f" {int(rows['p_acc_vs_first'].notna().sum())} test(s);"
+            " identical: every paired difference is 0; constant diff: the same non-zero"
+            " difference on every shared seed (zero variance: no t-test, not p = 0);"
             " 'absent': that run has no valid cells for this row."
         )
         tables.append(DisplayTable(f"{scenario}: comparison", columns, body, caption,
                                    anchor=f"compare-{scenario}"))  # fmt: skip
     return tables
-
-
-def _signed(x: float, decimals: int) -> str:
-    text = fmt_number(x, decimals)
-    return text if text.startswith("-") or text == "n/a" else f"+{text}"
 
 
 def render_compare_markdown(analyses: list[Analysis], tables: list[DisplayTable]) -> str:

@@ -25,6 +25,7 @@ _SPECIALS = {
     "<": r"\textless{}",
     ">": r"\textgreater{}",
     "|": r"\textbar{}",
+    "Δ": r"$\Delta$",  # the comparison columns' headers
 }
 ARROWS = {"high": r" $\uparrow$", "low": r" $\downarrow$", None: ""}
 

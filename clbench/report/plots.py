@@ -1,10 +1,12 @@
-"""Report figures: four PNGs per scenario, whatever the number of strategies or seeds.
+"""Report figures: five PNGs per scenario, whatever the number of strategies or seeds.
 
 1. `<scenario>__heatmaps.png`: the mean result matrix of every strategy, one panel each;
 2. `<scenario>__seen_average.png`: average metric on the experiences seen so far
    after each experience (A_k), one line per strategy, 95% CI bands;
 3. `<scenario>__forgetting.png`: per-experience forgetting after the last experience;
-4. `<scenario>__pareto.png`: ACC versus wall time, with the Pareto front.
+4. `<scenario>__stability_plasticity.png`: forgetting versus plasticity, 95% CIs both
+   ways, one point per row: forgetting means little for a row that learned little;
+5. `<scenario>__pareto.png`: ACC versus wall time, with the Pareto front.
 
 The figure count is bounded per scenario because rendering dominates the report's
 run time. Colours come from seaborn's colour-blind palette, each strategy keeping
@@ -118,7 +120,7 @@ def _fork_is_safe() -> bool:
 
 _FORKED_ANALYSIS: Analysis | None = None
 # Heatmaps first: they are the slowest, and starting them early balances the workers.
-KINDS = ("heatmaps", "seen_average", "forgetting", "pareto")
+KINDS = ("heatmaps", "seen_average", "forgetting", "stability_plasticity", "pareto")
 
 
 def _render_in_worker(task: tuple[str, str]) -> Plot | None:
@@ -132,6 +134,7 @@ def _render_one(analysis: Analysis, name: str, kind: str) -> Plot | None:
         "heatmaps": (_heatmaps, "Result matrices (mean over seeds)"),
         "seen_average": (_seen_average, "Average on the experiences seen so far"),
         "forgetting": (_forgetting_bars, "Forgetting per experience"),
+        "stability_plasticity": (_stability_plasticity, "Forgetting versus plasticity"),
         "pareto": (_pareto, f"Final {info.metric_name} versus wall time"),
     }[kind]
     fig = make(analysis, info, labels, _styles(labels))
@@ -322,6 +325,30 @@ def _forgetting_bars(analysis, info, labels, style):
     ax.set_title(f"{info.name}: per-experience forgetting (Chaudhry et al. 2018), 95% CI")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return fig
+
+
+def _stability_plasticity(analysis, info, labels, style):
+    """Plasticity (mean R[j][j]) on x, forgetting on y: "forgets less" only counts if it learned."""
+    if info.n_experiences < 2:
+        return None  # forgetting is undefined with one experience
+    u = units_for(info.metric_name)
+    rows = analysis.summary[analysis.summary["scenario"] == info.name].set_index("label")
+    fig, ax = _figure_with_legend_room((7.5, 4.8))
+    for lab in labels:
+        r = rows.loc[lab]
+        x, y = r["plasticity_mean"] * u.scale, r["forgetting_mean"] * u.scale
+        color, marker = style[lab]
+        ax.errorbar(x, y, xerr=_err(r["plasticity_ci95"] * u.scale),
+                    yerr=_err(r["forgetting_ci95"] * u.scale), fmt=marker, color=color,
+                    mfc="none" if r["is_reference"] else color, capsize=2,
+                    label=f"{lab} (n={r['n_seeds']})")  # fmt: skip
+        ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(f"plasticity, mean R[j][j]: {_axis_label(info)}")
+    ax.set_ylabel(f"forgetting ({u.delta}), lower is better")
+    ax.set_title(f"{info.name}: forgetting vs plasticity (95% CI both ways; hollow: reference)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return fig
 
 

@@ -2,9 +2,11 @@
 
 * `summary.md`: one table per scenario (see display.py), then failed, skipped and notes.
 * `summary.csv` (wide): one row per (scenario, label), raw values (fractions for
-  accuracy), mean / std / CI of every metric and the paired-test p-values.
+  accuracy), mean / std / CI of every metric, the paired-test p-values, the
+  Holm-adjusted ones (`*_holm`), and the paired differences to naive with CI and MDE.
 * `long.csv` (tidy): one row per cell and metric, with the p-value of that
-  metric's paired test against naive and against the best baseline.
+  metric's paired test against naive and against the best baseline, and the
+  Holm-adjusted p where the metric's test is in the summary table's family.
 """
 
 from __future__ import annotations
@@ -134,9 +136,13 @@ def _p_values_long(analysis: Analysis) -> pd.DataFrame:
                     "p_vs_naive": r[f"p_{k}_vs_naive"],
                     "best_baseline": r["best_baseline"],
                     "p_vs_best": r[f"p_{k}_vs_best"],
+                    # NaN for metrics whose tests the tables do not show (not in the family).
+                    "p_vs_naive_holm": r.get(f"p_{k}_vs_naive_holm", np.nan),
+                    "p_vs_best_holm": r.get(f"p_{k}_vs_best_holm", np.nan),
                 }
             )
-    columns = ["scenario", "label", "metric", "p_vs_naive", "best_baseline", "p_vs_best"]
+    columns = ["scenario", "label", "metric", "p_vs_naive", "best_baseline", "p_vs_best",
+               "p_vs_naive_holm", "p_vs_best_holm"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
 
