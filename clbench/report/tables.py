@@ -17,6 +17,7 @@ import pandas as pd
 from clbench.metrics import SCALAR_METRICS
 from clbench.report.aggregate import IDENTITY_COLUMNS, STAT_KEYS, Analysis
 from clbench.report.display import Cell, DisplayTable
+from clbench.report.tuning import tuning_markdown
 
 # The columns of RUN_DIR/summary.csv (`write_summary_csv`); the report's wide
 # summary.csv starts with the same ones.
@@ -85,6 +86,7 @@ def render_markdown(analysis: Analysis, tables: list[DisplayTable]) -> str:
         parts.append(markdown_table(table) + "\n")
         parts.append(f"Table {i}. {table.caption}\n")
     run = analysis.run
+    parts.append(tuning_markdown(run.cells))  # empty unless cells ran with `bench --tuned`
     parts.append(markdown_lists("Failed cells (not used in metrics)", [str(f) for f in run.failed]))
     parts.append(markdown_lists("Skipped", [str(s) for s in run.skipped]))
     parts.append(markdown_lists("Notes", analysis.notes))
