@@ -80,6 +80,12 @@ def test_first_k_end_to_end_then_bench_tuned(tmp_path):
     assert "scenario.eval_split" not in json.dumps(evaluated["config"]["scenario_args"])
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "## Tuning" in summary and f"lr={record['values']['lr']}" in summary and "first_k (k=2)" in summary
+    import csv
+
+    with open(tmp_path / "report" / "summary.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert json.loads(row["tuned_values"]) == record["values"] and row["tuning_protocol"] == "first_k:k=2"
+    assert int(row["tuning_trials"]) == 2 and float(row["tuning_cpu_seconds"]) == record["cpu_seconds"]
 
 
 def test_validation_protocol_is_recorded(tmp_path):

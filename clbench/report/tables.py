@@ -17,7 +17,7 @@ import pandas as pd
 from clbench.metrics import SCALAR_METRICS
 from clbench.report.aggregate import IDENTITY_COLUMNS, STAT_KEYS, Analysis
 from clbench.report.display import Cell, DisplayTable
-from clbench.report.tuning import tuning_markdown
+from clbench.report.tuning import add_tuning_columns, tuning_markdown
 
 # The columns of RUN_DIR/summary.csv (`write_summary_csv`); the report's wide
 # summary.csv starts with the same ones.
@@ -100,7 +100,7 @@ def summary_frame(analysis: Analysis) -> pd.DataFrame:
     if s.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     rest = [c for c in s.columns if c not in SUMMARY_COLUMNS]
-    return s[SUMMARY_COLUMNS + rest]
+    return add_tuning_columns(s[SUMMARY_COLUMNS + rest], analysis.run.cells)
 
 
 def long_frame(analysis: Analysis) -> pd.DataFrame:

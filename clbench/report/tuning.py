@@ -39,3 +39,25 @@ def tuning_markdown(cells: list[dict[str, Any]]) -> str:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def add_tuning_columns(frame, cells: list[dict[str, Any]]):
+    """summary.csv: `tuned_values` (JSON), `tuning_protocol`, `tuning_trials` and `tuning_cpu_seconds`
+    per (scenario, label), when some rows were tuned (untuned runs keep their columns unchanged)."""
+    import json
+
+    rows = tuning_rows(cells)
+    if not rows or frame.empty:
+        return frame
+    by_row = {(r["scenario"], r["label"]): r for r in rows}
+
+    def column(get):
+        keys = zip(frame["scenario"], frame["label"], strict=True)
+        return [get(by_row[key]) if key in by_row else None for key in keys]
+
+    frame = frame.copy()
+    frame["tuned_values"] = column(lambda r: json.dumps(r["values"], sort_keys=True))
+    frame["tuning_protocol"] = column(lambda r: r["protocol"] + (f":k={r['k']}" if r.get("k") is not None else ""))
+    frame["tuning_trials"] = column(lambda r: r["trials"])
+    frame["tuning_cpu_seconds"] = column(lambda r: r["cpu_seconds"])
+    return frame
