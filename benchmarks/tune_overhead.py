@@ -22,13 +22,13 @@ import tomllib
 from clbench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN = ROOT / "tests" / "plugins" / "tiny_val.py"
+PLUGINS = [str(ROOT / "tests" / "plugins" / name) for name in ("tiny_cells.py", "tiny_val.py")]
 SUITE = f"""name = "tune_overhead"
 profile = "smoke"
 seeds = [0]
 scenarios = ["tiny_blobs_val"]
 strategies = ["naive"]
-plugin_files = ["{PLUGIN}"]
+plugin_files = {json.dumps(PLUGINS)}
 [scenario_args.tiny_blobs_val]
 n_experiences = 4
 train_per_exp = 400

@@ -22,13 +22,13 @@ from clbench.cli import main
 from clbench.tune.tuned_file import dumps
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN = ROOT / "tests" / "plugins" / "tiny_val.py"
+PLUGINS = [str(ROOT / "tests" / "plugins" / name) for name in ("tiny_cells.py", "tiny_val.py")]
 
 
 def write_suite(path: Path, tune: str, *, strategies=("naive",), variants: str = "", seeds=(0,), n_exp=3) -> Path:
     path.write_text("\n".join([
         'name = "tunetest"', 'profile = "smoke"', f"seeds = {list(seeds)}", 'scenarios = ["tiny_blobs_val"]',
-        f"strategies = {json.dumps(list(strategies))}", f'plugin_files = ["{PLUGIN}"]',
+        f"strategies = {json.dumps(list(strategies))}", f"plugin_files = {json.dumps(PLUGINS)}",
         "[scenario_args.tiny_blobs_val]", f"n_experiences = {n_exp}", "train_per_exp = 80", variants, tune,
     ]) + "\n")
     return path
@@ -102,7 +102,7 @@ def test_first_experiences_truncates_the_built_stream():
     from clbench.registry import SCENARIOS, load_plugin_file
     from clbench.runner import first_experiences
 
-    load_plugin_file(PLUGIN)
+    load_plugin_file(PLUGINS[0])
     spec = SCENARIOS.get("tiny_blobs")
     full = spec.builder(spec.options(n_experiences=3), "smoke", 5, None, False)
     part = first_experiences(full, 2)
@@ -214,3 +214,21 @@ def test_bench_refuses_a_tuned_file_that_does_not_match_the_suite(tmp_path, caps
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], err
         assert not (tmp_path / name).exists()
+
+
+def test_on_ray_trials_run_to_completion_without_pruning(tmp_path):
+    """Ray cells report no intermediate values: even a pruner that prunes everything prunes nothing."""
+    from clbench.engines.ray_engine import import_ray
+
+    ray = import_ray(local=True)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        suite = write_suite(tmp_path / "s.toml", LR_GRID)
+        assert tune(suite, tmp_path / "t", "--protocol", "validation", "--seeds", "100", "--trials", "1",
+                    "--sampler", "grid", "--pruner", "threshold", "--prune-below", "1.01", "--engine", "ray") == 0
+    finally:
+        ray.shutdown()
+    (trial,) = study(tmp_path / "t").get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.intermediate_values == {}
+    (c,) = cells(tmp_path / "t" / "trials")
+    assert c["status"] == "ok" and len(c["matrix"]) == 3

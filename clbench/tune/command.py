@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from clbench.errors import ConfigError
@@ -64,16 +65,20 @@ def cmd_tune(args, *, engine_options, default_run_dir, load_plugins) -> int:
     output = Path(args.output) if args.output else run_dir / "tuned.toml"
     if output.suffix != ".toml":
         raise ConfigError(f"bad --output {output}; accepted: a .toml file")
-    run_dir.mkdir(parents=True, exist_ok=True)
     if options.engine == "local" and (options.jobs > 1 or options.cell_timeout):
         from clbench.engines.local import start_fork_server
 
         start_fork_server()
     engine = EngineArgs(options, args.data_root, args.download, plugin_files, progress=not args.quiet)
     records, missing, studies = {}, [], []
-    for t in tuned_rows:
-        study = tune_row(suite, t, settings, run_dir, engine)
-        studies.append((t, study))
+    with ExitStack() as stack:
+        if options.engine == "ray":  # one Ray session for every trial, not one per trial
+            from clbench.engines.ray_engine import ray_session
+
+            stack.enter_context(ray_session(options))  # no Ray, no cluster: exit 2, nothing written
+        run_dir.mkdir(parents=True, exist_ok=True)
+        studies = [(t, tune_row(suite, t, settings, run_dir, engine)) for t in tuned_rows]
+    for t, study in studies:
         record = tuned_record(study, t, settings, run_dir)
         name = f"{t.row.scenario}/{t.row.label}"
         if record is None:

@@ -20,7 +20,10 @@ from clbench import register_scenario, register_strategy
 from clbench.registry import SCENARIOS, load_plugin_file
 from clbench.scenarios.stream import ExperienceTensors, TensorStream
 
-load_plugin_file(Path(__file__).with_name("tiny_cells.py"))  # plugin files are not packages: no import
+# Plugin files are not packages, so no import: list tiny_cells.py before this file in
+# plugin_files (Ray ships each listed file alone), or it is loaded from next to this one.
+if "tiny_blobs" not in SCENARIOS.names():
+    load_plugin_file(Path(__file__).with_name("tiny_cells.py"))
 _BLOBS = SCENARIOS.get("tiny_blobs")
 BlobOptions = _BLOBS.options
 
