@@ -246,7 +246,10 @@ def first_experiences(stream, k: int):
                           f"{info.n_experiences} experiences)")
     extra = {key: (v[:k] if key == "domain" and isinstance(v, list) else v) for key, v in info.extra.items()}
     info = dataclasses.replace(info, n_experiences=k, classes_per_exp=info.classes_per_exp[:k], extra=extra)
-    return dataclasses.replace(stream, info=info, train=stream.train[:k], test=stream.test[:k])
+    # Every per-experience list (train, test, and any other split a stream carries) loses its tail.
+    lists = {f.name: getattr(stream, f.name)[:k] for f in dataclasses.fields(stream)
+             if isinstance(getattr(stream, f.name), list)}
+    return dataclasses.replace(stream, info=info, **lists)
 
 
 def initial_row(evaluate, n_experiences: int, result: dict[str, Any]) -> list[float]:
