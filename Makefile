@@ -15,7 +15,7 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 # `make bench JOBS=1` runs cells one at a time.
 JOBS   ?= 2
 
-.PHONY: install lock bench bench-text test report bench-full reproduce lint clean-runs
+.PHONY: install lock bench bench-text test report bench-full reproduce lint clean-runs tune
 
 install: $(STAMP)
 
@@ -40,6 +40,13 @@ lock:
 
 bench: install
 	$(BIN)/clbench bench suites/quick.toml --out runs/quick --jobs $(JOBS) --report reports/quick
+
+# Regenerate the committed tuned values of the default suite (docs/tuning.md): first_k on the
+# first 2 experiences, tuning seeds 100-101 (the suite evaluates on 0-2), 20 trials per row.
+# `make bench` will apply suites/quick.tuned.toml once that file is committed.
+tune: install
+	$(BIN)/clbench tune suites/quick.toml --protocol first_k --k 2 --seeds 100,101 --trials 20 \
+	  --out runs/quick-tune --output suites/quick.tuned.toml --jobs $(JOBS) --report reports/quick-tune
 
 # pytest through its console script, not `python -m pytest` (which puts the cwd, the repo root,
 # first on sys.path); importlib import mode (pyproject) keeps it off as well.

@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None,
                    help="local engine: cells run in parallel worker processes (default 1)")
     p.add_argument("--report", metavar="DIR", help="also write the report to DIR when the suite ends")
+    p.add_argument("--tuned", metavar="FILE", help="apply the values of a `clbench tune` file to its rows")
     _add_engine_args(p)
     _add_data_args(p)
 
@@ -82,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", default=[], metavar="OTHER_RUN_DIR", help="runs to put side by side")
     p.add_argument("--formats", default="md,csv,tex,html,png", help="comma-separated subset of md,csv,tex,html,png")
     from clbench.reproduce import add_reproduce_parser
+    from clbench.tune.command import add_tune_parser
 
+    add_tune_parser(sub, _add_engine_args, _add_data_args)
     add_reproduce_parser(sub)
     return parser
 
@@ -164,7 +167,8 @@ def cmd_bench(args) -> int:
     plugin_files = suite.plugin_files + [str(Path(p).resolve()) for p in args.plugin]
     _load_plugins(plugin_files)
     skipped: list[str] = []
-    cells = expand_suite(suite, args.sets, skipped)  # validates every cell before anything runs
+    tuned = _tuned_records(args.tuned, suite) if args.tuned else None
+    cells = expand_suite(suite, args.sets, skipped, tuned=tuned)  # validates every cell before anything runs
     for line in skipped:
         print(f"skipping {line}")
     run_dir = Path(args.out) if args.out else default_run_dir(suite.name)
@@ -176,6 +180,15 @@ def cmd_bench(args) -> int:
     if args.report:
         return _report(run_dir, Path(args.report), [], "md,csv,tex,html,png") or (1 if outcome.failed else 0)
     return 1 if outcome.failed else 0
+
+
+def _tuned_records(path: str, suite):
+    from clbench.resolve import suite_rows
+    from clbench.tune.tuned_file import check_rows, read_tuned
+
+    records = read_tuned(path)
+    check_rows(records, suite_rows(suite), set(suite.tune), suite.seeds, path)
+    return records
 
 
 def engine_options(args):
@@ -240,13 +253,20 @@ def cmd_report(args) -> int:
     return _report(Path(args.run_dir), Path(args.out) if args.out else None, args.compare, args.formats)
 
 
+def cmd_tune(args) -> int:
+    from clbench.tune.command import cmd_tune as run_tune
+
+    return run_tune(args, engine_options=engine_options, default_run_dir=default_run_dir, load_plugins=_load_plugins)
+
+
 def cmd_reproduce(args) -> int:
     from clbench.reproduce import cmd_reproduce as run_reproduce
 
     return run_reproduce(args)
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "bench": cmd_bench, "report": cmd_report, "reproduce": cmd_reproduce}
+COMMANDS = {"list": cmd_list, "run": cmd_run, "bench": cmd_bench, "report": cmd_report, "reproduce": cmd_reproduce,
+            "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,9 @@ class RunConfig:
     optimizer_args: dict[str, Any] = field(default_factory=dict)
     model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model factory
     plugin_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per plugin name
+    # How this cell relates to `clbench tune` (docs/tuning.md): empty for an untuned cell; a trial
+    # cell's protocol (and `first_k`, which truncates the stream), or a tuned cell's record.
+    tuning: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +69,8 @@ class RunConfig:
         """Hash of everything but the seed: cells differing only by seed share it."""
         d = self.to_dict()
         d.pop("seed")
+        if not d["tuning"]:
+            d.pop("tuning")  # untuned cells keep the hashes they had before tuning existed
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
@@ -251,6 +256,8 @@ class SuiteConfig:
     scenario_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     strategy_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     variants: list[Variant] = field(default_factory=list)
+    # Search spaces of `clbench tune`, per row label: {label: {config key: {grid|range|log = ...}}}
+    tune: dict[str, dict[str, Any]] = field(default_factory=dict)
     plugin_files: list[str] = field(default_factory=list)
     # Skip (and list) strategy x scenario pairs the strategy does not support,
     # instead of refusing the whole suite.

@@ -41,3 +41,7 @@ class RunDirConflictError(ClbenchError):
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the cell is recorded as failed."""
+
+
+class CellStopped(RuntimeError):
+    """The caller asked a running cell to stop (`clbench tune` pruned its trial); stored as failed."""

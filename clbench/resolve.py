@@ -7,6 +7,7 @@ typo fails in a second instead of an hour into a suite.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 from clbench.config import (
@@ -128,14 +129,43 @@ def check_model_args(cfg: RunConfig) -> None:
             raise ConfigError(f"model {cfg.model!r}: {exc}") from None
 
 
-def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None, skipped: list[str] | None = None) -> list[RunConfig]:
+def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None, skipped: list[str] | None = None,
+                 tuned: dict[tuple[str, str], dict[str, Any]] | None = None) -> list[RunConfig]:
     """Every cell of a suite: scenarios x (strategies + variants) x seeds; a variant with
     `scenarios` runs on those only (e.g. encoder rows on the intent streams).
 
     With `skip_unsupported`, incompatible (scenario, strategy) pairs are left
-    out and described in `skipped` instead of raising.
+    out and described in `skipped` instead of raising. `tuned` maps (scenario,
+    label) to a `clbench tune` record (clbench.tune.tuned_file): its values are
+    applied after the variant's overrides and before `--set`, and the record is
+    stored in the cell's config.
     """
     cli_overrides = parse_set_args(cli_set or [])
+    cells = []
+    for row in suite_rows(suite, skipped):
+        record = (tuned or {}).get((row.scenario, row.label))
+        layers = row.layers + ([("tuned values", record["values"])] if record else [])
+        for seed in suite.seeds:
+            cfg = resolve_config(row.scenario, row.strategy, seed=seed, profile=suite.profile,
+                                 overrides=cli_overrides, layers=layers, label=row.label)
+            if record:
+                cfg.tuning = {"role": "tuned", **record}
+            cells.append(cfg)
+    return cells
+
+
+@dataclass
+class SuiteRow:
+    """One (scenario, label) row of a suite, with the override layers its cells get."""
+
+    scenario: str
+    label: str
+    strategy: str
+    layers: list[tuple[str, dict[str, Any]]]
+
+
+def suite_rows(suite: SuiteConfig, skipped: list[str] | None = None) -> list[SuiteRow]:
+    """The rows of a suite in table order (see expand_suite), after checking labels and scenarios."""
     entries = [(name, name, {}) for name in suite.strategies]
     entries += [(v.label, v.strategy, v.set) for v in suite.variants]
     only = {v.label: set(v.scenarios) for v in suite.variants if v.scenarios}  # label -> its scenarios
@@ -152,7 +182,7 @@ def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None, skipped: 
     unknown = sorted(set(suite.scenario_args) - set(suite.scenarios))
     if unknown:
         raise ConfigError(f"suite {suite.name!r} has scenario_args for scenarios it does not run: {', '.join(unknown)}")
-    cells = []
+    rows = []
     for scenario in suite.scenarios:
         for label, strategy, variant_set in entries:
             if label in only and scenario not in only[label]:
@@ -166,9 +196,5 @@ def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None, skipped: 
             layers.append(("suite scenario_args", {f"scenario.{k}": v for k, v in suite.scenario_args.get(scenario, {}).items()}))
             layers.append(("suite strategy_args", {f"strategy.{k}": v for k, v in suite.strategy_args.get(strategy, {}).items()}))
             layers.append((f"variant {label}", variant_set))
-            for seed in suite.seeds:
-                cells.append(
-                    resolve_config(scenario, strategy, seed=seed, profile=suite.profile, overrides=cli_overrides,
-                                   layers=layers, label=label)
-                )
-    return cells
+            rows.append(SuiteRow(scenario, label, strategy, layers))
+    return rows

@@ -9,6 +9,7 @@ cell's result with status "failed"; the caller moves on to the next cell.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import random
 import socket
@@ -25,6 +26,7 @@ import torch
 
 import clbench
 from clbench.config import RunConfig
+from clbench.errors import CellStopped
 from clbench.install_lock import lock_record
 from clbench.models import count_parameters
 from clbench.registry import MODELS, PLUGINS, SCENARIOS, STRATEGIES
@@ -125,8 +127,14 @@ def build_strategy(cfg: RunConfig, stream, device: torch.device):
 
 def run_cell(
     cfg: RunConfig, run_dir: Path, *, data_root=None, download: bool | None = None, progress: bool = True,
+    on_row=None,
 ) -> dict[str, Any]:
-    """Train and evaluate one cell, write its result.json, and return the result."""
+    """Train and evaluate one cell, write its result.json, and return the result.
+
+    `on_row(progress)`, if given, is called after each experience's evaluation with
+    {"experience", "row", "higher_is_better"}; when it returns False the cell stops
+    there and is stored as failed (`clbench tune` prunes trials this way).
+    """
     from avalanche.training import JointTraining
     from tqdm import tqdm
 
@@ -143,9 +151,9 @@ def run_cell(
         "matrix": [], "initial": [], "n_experiences": None, "n_test": [],
         "train_seconds": 0.0, "eval_seconds": 0.0, "wall_seconds": 0.0, "train_samples_per_s": None,
         "peak_rss_mb": None, "peak_device_mb": 0.0, "num_params": None, "scenario_info": {},
-        "env": {}, "status": "failed", "error": None, "traceback": None, "started_at": _now(), "finished_at": None,
+        "cpu_seconds": 0.0, "env": {}, "status": "failed", "error": None, "traceback": None, "started_at": _now(), "finished_at": None,
     }
-    wall0 = time.perf_counter()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     memory = PeakMemory()
     try:
         with memory, fastdata.fast_fetch():
@@ -159,6 +167,8 @@ def run_cell(
             stream = scenario_spec.builder(
                 options, cfg.profile, cfg.seed, resolve_data_root(data_root), downloads_allowed(download)
             )
+            if cfg.tuning.get("first_k"):
+                stream = first_experiences(stream, cfg.tuning["first_k"])
             info = stream.info
             result.update(
                 n_experiences=info.n_experiences, n_test=[len(e) for e in stream.test],
@@ -200,6 +210,10 @@ def run_cell(
                     result["train_seconds"] += time.perf_counter() - t0
                     result["matrix"].append(evaluate())
                     bar.update(1)
+                    if on_row is not None and on_row({"experience": len(result["matrix"]) - 1,
+                                                      "row": result["matrix"][-1],
+                                                      "higher_is_better": info.higher_is_better}) is False:
+                        raise CellStopped(f"stopped by the caller after experience {len(result['matrix']) - 1}")
             bar.close()
             # Throughput of the stream itself (replayed or regularisation passes are part of
             # the method's cost, so they lower it rather than count as samples).
@@ -213,9 +227,29 @@ def run_cell(
         result["traceback"] = traceback.format_exc()
     result["peak_rss_mb"] = round(memory.peak_mb, 1)
     result["wall_seconds"] = time.perf_counter() - wall0
+    result["cpu_seconds"] = time.process_time() - cpu0  # this process's CPU time, all its threads
     result["finished_at"] = _now()
     write_result(Path(run_dir), result)
     return result
+
+
+def first_experiences(stream, k: int):
+    """The first k experiences of a built stream (`clbench tune --protocol first_k`).
+
+    Truncated after building, so permutations and class order are those of the
+    full stream; the model keeps the full stream's output size."""
+    from clbench.errors import ConfigError
+
+    info = stream.info
+    if not 1 <= k < info.n_experiences:
+        raise ConfigError(f"bad first_k {k}; accepted: 1 to {info.n_experiences - 1} (the stream has "
+                          f"{info.n_experiences} experiences)")
+    extra = {key: (v[:k] if key == "domain" and isinstance(v, list) else v) for key, v in info.extra.items()}
+    info = dataclasses.replace(info, n_experiences=k, classes_per_exp=info.classes_per_exp[:k], extra=extra)
+    # Every per-experience list (train, test, and any other split a stream carries) loses its tail.
+    lists = {f.name: getattr(stream, f.name)[:k] for f in dataclasses.fields(stream)
+             if isinstance(getattr(stream, f.name), list)}
+    return dataclasses.replace(stream, info=info, **lists)
 
 
 def initial_row(evaluate, n_experiences: int, result: dict[str, Any]) -> list[float]:

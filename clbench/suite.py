@@ -48,9 +48,13 @@ def _worker_init(plugin_files: list[str], threads: int) -> None:
 def run_suite(
     cells: list[RunConfig], run_dir: Path, *, resume: bool = True, jobs: int = 1, data_root=None,
     download: bool | None = None, plugin_files: list[str] = (), progress: bool = True, suite_name: str = "",
-    options: EngineOptions | None = None,
+    options: EngineOptions | None = None, on_row=None,
 ) -> SuiteOutcome:
-    """Run `cells` into `run_dir`. `options` picks the engine; without it, the local one with `jobs`."""
+    """Run `cells` into `run_dir`. `options` picks the engine; without it, the local one with `jobs`.
+
+    `on_row(task, progress)` sees each cell's accuracy row as the cell runs (see
+    `run_cell`) and may stop it by returning False; the local engine supports it,
+    Ray does not call it (cells there run to completion)."""
     options = options or EngineOptions(jobs=jobs)
     options.validate()
     run_dir, ids = Path(run_dir), cell_ids(cells)
@@ -61,12 +65,13 @@ def run_suite(
 
             stack.enter_context(ray_session(options))  # no Ray, no cluster: exit 2 before anything is written
         return _run_suite(cells, ids, run_dir, resume=resume, data_root=data_root, download=download,
-                          plugin_files=plugin_files, progress=progress, suite_name=suite_name, options=options)
+                          plugin_files=plugin_files, progress=progress, suite_name=suite_name, options=options,
+                          on_row=on_row)
 
 
 def _run_suite(cells: list[RunConfig], ids: list[str], run_dir: Path, *, resume: bool, data_root,
                download: bool | None, plugin_files, progress: bool, suite_name: str,
-               options: EngineOptions) -> SuiteOutcome:
+               options: EngineOptions, on_row=None) -> SuiteOutcome:
     from tqdm import tqdm
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -99,11 +104,11 @@ def _run_suite(cells: list[RunConfig], ids: list[str], run_dir: Path, *, resume:
         elif options.jobs == 1 and options.cell_timeout is None:
             from clbench.engines.local import run_in_process
 
-            run_in_process(queue, report, run_dir, **common)
+            run_in_process(queue, report, run_dir, on_row=on_row, **common)
         else:  # a timeout needs a worker process: only from outside can a cell be stopped
             from clbench.engines.local import run_in_pool
 
-            run_in_pool(queue, report, run_dir, plugin_files=list(plugin_files), **common)
+            run_in_pool(queue, report, run_dir, plugin_files=list(plugin_files), on_row=on_row, **common)
     finally:
         queue.close()
         bar.close()

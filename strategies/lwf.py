@@ -12,10 +12,13 @@ class LwFParams:
     # One alpha for all experiences, or one per experience.
     alpha: list[float] = field(default_factory=lambda: [1.0])
     temperature: float = 2.0
+    # Multiplies every alpha: the one scalar `clbench tune` searches, so a per-experience
+    # schedule (split_mnist's) keeps its shape while its strength is tuned.
+    alpha_scale: float = 1.0
 
     def __post_init__(self):
-        if not self.alpha or any(a < 0 for a in self.alpha) or self.temperature <= 0:
-            raise ValueError("need a non-empty alpha list of values >= 0 and temperature > 0")
+        if not self.alpha or any(a < 0 for a in self.alpha) or self.temperature <= 0 or self.alpha_scale < 0:
+            raise ValueError("need a non-empty alpha list of values >= 0, temperature > 0 and alpha_scale >= 0")
 
 
 @register_strategy(
@@ -30,5 +33,6 @@ class LwFParams:
 )
 def build(ctx):
     p = ctx.params
-    alpha = p.alpha[0] if len(p.alpha) == 1 else p.alpha
+    alphas = [a * p.alpha_scale for a in p.alpha]
+    alpha = alphas[0] if len(alphas) == 1 else alphas
     return LwF(criterion=ctx.criterion(), alpha=alpha, temperature=p.temperature, **ctx.template_kwargs())

@@ -67,6 +67,8 @@ FIELDS = {
     "strategy_args": st.one_of(values, keyed(["naive", "ewc"], st.one_of(values, keyed(["ewc_lambda", "x"])))),
     "variants": st.one_of(values, st.lists(st.one_of(values, keyed(["label", "strategy", "set", "junk"], st.one_of(
         values, st.sampled_from(STRATEGIES), keyed(SET_KEYS)))), max_size=2)),
+    "tune": st.one_of(values, keyed(["naive", "ewc"], st.one_of(values, keyed(["lr", "strategy.ewc_lambda", "x"], st.one_of(
+        values, keyed(["grid", "range", "log", "x"])))))),
     "plugin_files": values,
     "skip_unsupported": values,
     "unknown_key": values,

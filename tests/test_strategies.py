@@ -45,3 +45,21 @@ def test_every_baseline_of_the_issue_is_registered():
                 "der", "er_ace", "gdumb", "icarl"}
     assert expected <= set(STRATEGIES.names())
     assert STRATEGIES.get("icarl").supports == ("class_il",)
+
+
+def test_lwf_alpha_scale_multiplies_the_per_experience_alphas():
+    """The knob `clbench tune` searches for LwF: the schedule keeps its shape, its strength scales."""
+    import torch
+
+    from clbench.runner import build_strategy
+    from clbench.scenarios.stream import ScenarioInfo
+
+    info = ScenarioInfo("split_mnist", "class_il", 5, 10, (1, 28, 28), [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]])
+    stream = type("Stream", (), {"info": info})()
+    scaled = resolve_config("split_mnist", "lwf", profile="smoke", overrides={"strategy.alpha_scale": 2.0})
+    _, strategy = build_strategy(scaled, stream, torch.device("cpu"))
+    lwf = next(p for p in strategy.plugins if type(p).__name__ == "LwFPlugin")
+    assert lwf.lwf.alpha == [0.0, 1.0, 2.66, 4.5, 6.4]  # 2 x split_mnist's schedule
+    single = resolve_config("pmnist", "lwf", profile="smoke", overrides={"strategy.alpha_scale": 0.25})
+    _, strategy = build_strategy(single, stream, torch.device("cpu"))
+    assert next(p for p in strategy.plugins if type(p).__name__ == "LwFPlugin").lwf.alpha == 0.25

@@ -41,7 +41,7 @@ PRELOAD = ["clbench.runner", "clbench.models", "clbench.anchor_models", "clbench
 
 
 def run_in_process(queue: ClaimQueue, report: Report, run_dir: Path, *, data_root, download,
-                   options: EngineOptions, progress: bool, on_start=None) -> None:
+                   options: EngineOptions, progress: bool, on_start=None, on_row=None) -> None:
     """Sequential: each cell in this process (no timeout possible without a worker)."""
     from clbench.runner import run_cell
 
@@ -53,7 +53,9 @@ def run_in_process(queue: ClaimQueue, report: Report, run_dir: Path, *, data_roo
             continue
         if on_start:
             on_start(task)
-        result = run_cell(task.cfg, run_dir, data_root=data_root, download=download, progress=progress)
+        cell_on_row = None if on_row is None else (lambda progress, task=task: on_row(task, progress))
+        result = run_cell(task.cfg, run_dir, data_root=data_root, download=download, progress=progress,
+                          on_row=cell_on_row)
         report(task, result["status"], result["error"])
 
 
@@ -93,11 +95,15 @@ def _worker_main(conn: Connection, environ: dict[str, str], plugin_files: list[s
     from clbench.config import RunConfig
     from clbench.runner import run_cell
 
+    def send_row(progress) -> bool:  # the driver answers each row: go on, or stop the cell
+        conn.send(("row", progress))
+        return conn.recv() == "go"
+
     conn.send("ready")
     while (job := conn.recv()) is not None:
-        cfg_dict, run_dir, data_root, download = job
+        cfg_dict, run_dir, data_root, download, want_rows = job
         result = run_cell(RunConfig.from_dict(cfg_dict), Path(run_dir), data_root=data_root, download=download,
-                          progress=False)
+                          progress=False, on_row=send_row if want_rows else None)
         conn.send((result["status"], result["error"]))
 
 
@@ -177,7 +183,7 @@ class WorkerPool:
 
 
 def run_in_pool(queue: ClaimQueue, report: Report, run_dir: Path, *, data_root, download, options: EngineOptions,
-                plugin_files: list[str], progress: bool, on_start=None) -> None:
+                plugin_files: list[str], progress: bool, on_start=None, on_row=None) -> None:
     import torch
 
     # The driver's thread budget (OMP_NUM_THREADS or the core count) split between the
@@ -203,18 +209,18 @@ def run_in_pool(queue: ClaimQueue, report: Report, run_dir: Path, *, data_root, 
                 if on_start:
                     on_start(task)
                 try:
-                    worker.conn.send((task.cfg.to_dict(), str(run_dir), data_root, download))
+                    worker.conn.send((task.cfg.to_dict(), str(run_dir), data_root, download, on_row is not None))
                 except OSError:
                     pass  # the worker just died: handled below as a crash of this cell
             if queue_done and not retry and all(w.task is None for w in pool.workers):
                 return
-            _wait_for_events(pool, options, run_dir, report, retry, attempts)
+            _wait_for_events(pool, options, run_dir, report, retry, attempts, on_row)
     finally:
         pool.close()
 
 
 def _wait_for_events(pool: WorkerPool, options: EngineOptions, run_dir: Path, report: Report,
-                     retry: deque, attempts: dict[str, int]) -> None:
+                     retry: deque, attempts: dict[str, int], on_row=None) -> None:
     """Handle whatever happened within POLL_S: results, dead workers, timeouts."""
     handles = [w.conn for w in pool.workers] + [w.process.sentinel for w in pool.workers]
     wait(handles, timeout=POLL_S)
@@ -227,6 +233,13 @@ def _wait_for_events(pool: WorkerPool, options: EngineOptions, run_dir: Path, re
                 message = None
             if message == "ready":
                 worker.ready = True
+                continue
+            if isinstance(message, tuple) and message[0] == "row":  # a running cell's progress
+                keep = on_row is None or on_row(worker.task, message[1]) is not False
+                try:
+                    worker.conn.send("go" if keep else "stop")
+                except OSError:
+                    pass  # it has just died: handled on the next round
                 continue
             if message is not None:
                 task, worker.task = worker.task, None

@@ -19,6 +19,7 @@ import pandas as pd
 from clbench.metrics import SCALAR_METRICS
 from clbench.report.aggregate import IDENTITY_COLUMNS, STAT_KEYS, Analysis
 from clbench.report.display import Cell, DisplayTable
+from clbench.report.tuning import add_tuning_columns, tuning_markdown
 
 # The columns of RUN_DIR/summary.csv (`write_summary_csv`); the report's wide
 # summary.csv starts with the same ones.
@@ -87,6 +88,7 @@ def render_markdown(analysis: Analysis, tables: list[DisplayTable]) -> str:
         parts.append(markdown_table(table) + "\n")
         parts.append(f"Table {i}. {table.caption}\n")
     run = analysis.run
+    parts.append(tuning_markdown(run.cells))  # empty unless cells ran with `bench --tuned`
     parts.append(markdown_lists("Failed cells (not used in metrics)", [str(f) for f in run.failed]))
     parts.append(markdown_lists("Skipped", [str(s) for s in run.skipped]))
     parts.append(markdown_lists("Notes", analysis.notes))
@@ -100,7 +102,7 @@ def summary_frame(analysis: Analysis) -> pd.DataFrame:
     if s.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     rest = [c for c in s.columns if c not in SUMMARY_COLUMNS]
-    return s[SUMMARY_COLUMNS + rest]
+    return add_tuning_columns(s[SUMMARY_COLUMNS + rest], analysis.run.cells)
 
 
 def long_frame(analysis: Analysis) -> pd.DataFrame:
