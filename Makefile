@@ -15,7 +15,7 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 # `make bench JOBS=1` runs cells one at a time.
 JOBS   ?= 2
 
-.PHONY: install lock bench bench-text test report bench-full reproduce lint clean-runs tune
+.PHONY: install lock readme bench bench-text test report bench-full reproduce lint clean-runs tune
 
 install: $(STAMP)
 
@@ -54,6 +54,11 @@ test: install
 	# One intra-op thread: the test models are tiny, and two threads on a busy
 	# 2-core machine thrash (a cell can take 10x longer).
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
+# README tables between `<!-- BEGIN generated: ... -->` markers, rebuilt from the committed
+# reports (clbench/report/readme.py); tests/test_readme_numbers.py fails when they differ.
+readme: install
+	$(BIN)/python -m clbench.report.readme README.md
+
 report: install
 	$(BIN)/clbench report runs/quick --out reports/quick
 

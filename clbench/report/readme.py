@@ -1,0 +1,106 @@
+"""README tables generated from committed reports, never typed by hand.
+
+A README block between two markers is rebuilt from a report's `summary.csv`:
+
+    <!-- BEGIN generated: reports/quick/summary.csv -->
+    ...
+    <!-- END generated -->
+
+`python -m clbench.report.readme README.md` (`make readme`) rewrites every such block;
+`--check` only compares, and tests/test_readme_numbers.py runs that comparison, so a README
+number that is not what the committed report says fails the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- END generated -->)", re.S)
+SCENARIO_NAMES = {"pmnist": "P-MNIST", "split_mnist": "Split MNIST", "rotated_mnist": "Rotated MNIST",
+                  "split_cifar100": "Split CIFAR-100", "clinc150": "CLINC150", "banking77": "Banking77"}
+METRICS = (("acc", "ACC (%)"), ("forgetting", "forgetting (pp)"), ("plasticity", "plasticity (%)"))
+
+
+def _cell(mean: float, ci: float) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{100 * mean:.1f}" + ("" if not math.isfinite(ci) else f" ± {100 * ci:.1f}")
+
+
+def _p(value: float) -> str:
+    if not math.isfinite(value):
+        return "-"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def headline_table(summary: pd.DataFrame) -> str:
+    """Rows = labels in the report's order; per scenario ACC, forgetting and plasticity (mean ±
+    95% CI over seeds) and the Holm-adjusted p of the ACC difference to naive."""
+    scenarios = list(dict.fromkeys(summary["scenario"]))
+    labels = list(dict.fromkeys(summary["label"]))
+    by = {(r.scenario, r.label): r for r in summary.itertuples()}
+    header = ["strategy"]
+    for s in scenarios:
+        name = SCENARIO_NAMES.get(s, s)
+        header += [f"{name} {title}" for _, title in METRICS] + [f"{name} p(ACC vs naive, Holm)"]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    for label in labels:
+        cells = [label + (" (upper bound)" if label == "joint" else "")]
+        for s in scenarios:
+            row = by.get((s, label))
+            if row is None:
+                cells += ["-"] * (len(METRICS) + 1)
+                continue
+            cells += [_cell(getattr(row, f"{m}_mean"), getattr(row, f"{m}_ci95")) for m, _ in METRICS]
+            cells.append(_p(getattr(row, "p_acc_vs_naive_holm", math.nan)))
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = sorted(set(summary["n_seeds"].astype(int)))
+    lines.append("")
+    lines.append(f"Mean ± 95% CI over {'/'.join(map(str, seeds))} seeds; Chaudhry forgetting; plasticity = mean "
+                 "accuracy on each experience right after training on it; p: paired t-test on ACC against "
+                 "naive over shared seeds, Holm-adjusted over each scenario table's family (see the report).")
+    if "tuning_protocol" in summary.columns:
+        protocols = sorted({str(p) for p in summary["tuning_protocol"].dropna() if str(p)})
+        if protocols:
+            lines.append(f"Hyper-parameters tuned with `clbench tune`, protocol {', '.join(protocols)}; chosen values "
+                         "and tuning cost per row: the report's Tuning table.")
+    return "\n".join(lines) + "\n"
+
+
+def render_blocks(readme_text: str, root: Path) -> str:
+    def rebuild(match: re.Match) -> str:
+        path = root / match.group("path")
+        if not path.is_file():
+            raise FileNotFoundError(f"README block names {match.group('path')}, which does not exist")
+        return match.group(1) + headline_table(pd.read_csv(path)) + match.group(4)
+
+    return BLOCK.sub(rebuild, readme_text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Rebuild (or --check) the README's generated tables.")
+    ap.add_argument("readme", type=Path)
+    ap.add_argument("--check", action="store_true", help="exit 1 if a block differs from its report")
+    args = ap.parse_args(argv)
+    text = args.readme.read_text()
+    if not BLOCK.search(text):
+        print(f"{args.readme}: no generated block", file=sys.stderr)
+        return 1
+    new = render_blocks(text, args.readme.resolve().parent)
+    if args.check:
+        if new != text:
+            print(f"{args.readme}: a generated table differs from its report; run `make readme`", file=sys.stderr)
+            return 1
+        return 0
+    args.readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

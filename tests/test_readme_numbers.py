@@ -1,0 +1,46 @@
+"""README tables are generated from committed reports (clbench/report/readme.py), and stay so."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from clbench.report.readme import BLOCK, headline_table, main, render_blocks
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_tables_equal_what_the_committed_reports_give():
+    text = (ROOT / "README.md").read_text()
+    assert BLOCK.search(text), "README has no generated table"
+    assert render_blocks(text, ROOT) == text, "README differs from the committed report: run `make readme`"
+
+
+def test_a_hand_edited_number_is_caught(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    block = BLOCK.search(text)
+    body = block.group("body")
+    edited = body.replace("±", "+/-", 1)  # any change inside the block
+    assert edited != body
+    readme = tmp_path / "README.md"
+    readme.write_text(text.replace(body, edited))
+    (tmp_path / block.group("path")).parent.mkdir(parents=True)
+    (tmp_path / block.group("path")).write_bytes((ROOT / block.group("path")).read_bytes())
+    assert main([str(readme), "--check"]) == 1
+    assert main([str(readme)]) == 0 and readme.read_text() == text  # make readme restores it
+
+
+def test_headline_table_rounds_once_from_the_csv():
+    summary = pd.DataFrame([
+        {"scenario": "pmnist", "label": "naive", "n_seeds": 3, "acc_mean": 0.47154, "acc_ci95": 0.0126,
+         "forgetting_mean": 0.10049, "forgetting_ci95": math.nan, "plasticity_mean": 0.9, "plasticity_ci95": 0.01,
+         "p_acc_vs_naive_holm": math.nan},
+        {"scenario": "pmnist", "label": "ewc", "n_seeds": 3, "acc_mean": 0.5, "acc_ci95": 0.02,
+         "forgetting_mean": 0.05, "forgetting_ci95": 0.01, "plasticity_mean": 0.88, "plasticity_ci95": 0.02,
+         "p_acc_vs_naive_holm": 0.0004},
+    ])
+    table = headline_table(summary)
+    assert "| naive | 47.2 ± 1.3 | 10.0 | 90.0 ± 1.0 | - |" in table
+    assert "| ewc | 50.0 ± 2.0 | 5.0 ± 1.0 | 88.0 ± 2.0 | <0.001 |" in table
