@@ -9,6 +9,10 @@ rotation) applied to whatever rows are asked for: one sample in the per-item
 `__getitem__`, a minibatch in `clbench.fastdata`'s batched path, a slice in the
 runner's batched evaluation. Peak memory is then the base plus one batch.
 
+The raw base itself is shared by every process on the machine (`shared_arrays`):
+decoded once into `$CLBENCH_CACHE/bases/` and memory-mapped read-only, so
+parallel workers map the same page-cache pages instead of each loading a copy.
+
 The decode ops are elementwise (normalisation) or per-sample (pixel gather,
 rotation), so decoding any subset gives bitwise the values the materialised
 stream held for those rows; `tests/test_lazy_streams.py` checks whole accuracy
@@ -17,7 +21,10 @@ matrices against materialised references.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -77,3 +84,37 @@ def select_rows(x, rows):
 def materialize(x) -> torch.Tensor:
     """The input as one real tensor (tests and references; training never needs it)."""
     return x.materialize() if isinstance(x, LazyRows) else x
+
+
+def shared_arrays(
+    name: str, sources: Sequence[Path], build: Callable[[], Sequence[torch.Tensor]], count: int = 2,
+) -> list[torch.Tensor]:
+    """The `count` tensors `build()` returns, from one memory-mapped copy per machine.
+
+    The copy lives in `$CLBENCH_CACHE/bases/`, keyed by the source files' paths,
+    sizes and modification times: a changed file misses the cache and goes through
+    `build` (and so through the loader's own checks) again. Where the cache cannot
+    be written, the tensors stay private to this process.
+    """
+    from clbench.scenarios.cifar100_data import resolve_cache_dir
+
+    key = hashlib.sha256(repr([(str(Path(p).resolve()), os.stat(p).st_size, os.stat(p).st_mtime_ns)
+                               for p in sources]).encode()).hexdigest()[:16]
+    folder = resolve_cache_dir() / "bases"
+    paths = [folder / f"{name}-{key}-{i}.npy" for i in range(count)]
+    if not all(p.is_file() for p in paths):
+        tensors = build()
+        assert len(tensors) == len(paths)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for path, t in zip(paths, tensors, strict=True):
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                with open(tmp, "wb") as f:  # a file object, so np.save adds no second suffix
+                    np.save(f, t.numpy())
+                os.replace(tmp, path)  # atomic: a concurrent reader sees no half-written file
+        except OSError:
+            return list(tensors)
+        del tensors  # the private copy goes; this process maps the shared one like the others
+    # Copy-on-write mapping: pages stay shared while read (all a base ever is), and a
+    # stray in-place write would stay private instead of crashing on a read-only page.
+    return [torch.from_numpy(np.load(p, mmap_mode="c")) for p in paths]

@@ -15,8 +15,8 @@ import torch
 import torchvision.transforms.functional as TF
 
 from clbench.registry import register_scenario
-from clbench.scenarios.datasets import load_mnist
-from clbench.scenarios.lazy import LazyRows
+from clbench.scenarios.datasets import load_mnist, mnist_files
+from clbench.scenarios.lazy import LazyRows, shared_arrays
 from clbench.scenarios.stream import (
     ExperienceTensors,
     ScenarioInfo,
@@ -34,16 +34,19 @@ _BASES: dict = {}
 
 
 def load_raw(root, variant: str, download: bool):
-    """Both splits as (x uint8 [N, 28, 28], y int64 [N]), loaded once per process.
-
-    Every experience of every stream built in this process indexes these same
-    tensors (scenarios/lazy.py), so memory does not grow with the stream length."""
+    """Both splits as (x uint8 [N, 28, 28], y int64 [N]), shared by every process (memory-mapped)
+    and every experience of every stream built in it (scenarios/lazy.py), so memory grows neither
+    with the stream length nor with the number of workers."""
     key = (str(root), variant)
     if key not in _BASES:
         out = []
         for split in ("train", "test"):
-            x, y = load_mnist(root, split, download=download, variant=variant)
-            out += [x, y.long()]
+            def load(split=split):
+                x, y = load_mnist(root, split, download=download, variant=variant)
+                return x, y.long()
+
+            files = mnist_files(root, split, variant)
+            out += load() if files is None else shared_arrays(f"{variant}-{split}", files, load)
         _BASES[key] = out
     return _BASES[key]
 

@@ -19,8 +19,8 @@ from clbench.resolve import resolve_config
 from clbench.runner import run_cell
 from clbench.scenarios import validation
 from clbench.scenarios.datasets import load_mnist
-from clbench.scenarios.lazy import LazyRows, materialize
-from clbench.scenarios.mnist import NORMALIZATION
+from clbench.scenarios.lazy import LazyRows, materialize, shared_arrays
+from clbench.scenarios.mnist import NORMALIZATION, load_raw
 from clbench.scenarios.stream import ExperienceTensors, TensorStream
 
 
@@ -129,3 +129,34 @@ def test_every_experience_shares_one_base(data_root):
     stream = _build(_config("pmnist"), data_root)
     bases = {e.x.base.data_ptr() for e in stream.train + stream.test}
     assert len(bases) == 2 and all(e.x.base.dtype == torch.uint8 for e in stream.train)  # train and test splits
+
+
+def test_bases_are_memory_mapped_from_one_cached_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "images.bin"
+    source.write_bytes(b"v1")
+    calls = []
+
+    def build():
+        calls.append(1)
+        return torch.arange(6, dtype=torch.uint8).view(2, 3), torch.tensor([4, 5])
+
+    first = shared_arrays("toy", [source], build)
+    again = shared_arrays("toy", [source], build)
+    assert len(calls) == 1 and torch.equal(again[0], build()[0]) and torch.equal(again[1], torch.tensor([4, 5]))
+    calls.clear()
+    # Mapped from the cache file (every process maps the same pages), not copied into this one.
+    mapped = {line.split()[-1] for line in open("/proc/self/maps") if line.rstrip().endswith(".npy")}
+    assert len(list((tmp_path / "cache" / "bases").glob("toy-*.npy"))) == 2
+    assert {str(p) for p in (tmp_path / "cache" / "bases").glob("toy-*.npy")} <= mapped
+    source.write_bytes(b"v2, longer")  # a changed source misses the cache and is loaded again
+    shared_arrays("toy", [source], build)
+    assert len(calls) == 1 and torch.equal(first[0], again[0])
+
+
+def test_mnist_base_is_shared_through_the_cache(data_root):
+    x_tr, y_tr, x_te, y_te = load_raw(data_root, "mnist", False)
+    ref_x, ref_y = load_mnist(data_root, "train", download=False)
+    assert torch.equal(x_tr, ref_x) and torch.equal(y_tr, ref_y.long()) and x_tr.dtype == torch.uint8
+    maps = open("/proc/self/maps").read()
+    assert "bases/mnist-train-" in maps and "bases/mnist-test-" in maps
