@@ -37,18 +37,20 @@ def load_raw(root, variant: str, download: bool):
     """Both splits as (x uint8 [N, 28, 28], y int64 [N]), shared by every process (memory-mapped)
     and every experience of every stream built in it (scenarios/lazy.py), so memory grows neither
     with the stream length nor with the number of workers."""
+    files = {split: mnist_files(root, split, variant) for split in ("train", "test")}
+    # A file changed since this process loaded it (size or mtime) is loaded, and checked, again.
+    stamp = [(p, p.stat().st_size, p.stat().st_mtime_ns) for f in files.values() for p in f or []]
     key = (str(root), variant)
-    if key not in _BASES:
+    if key not in _BASES or _BASES[key][0] != stamp:
         out = []
         for split in ("train", "test"):
             def load(split=split):
                 x, y = load_mnist(root, split, download=download, variant=variant)
                 return x, y.long()
 
-            files = mnist_files(root, split, variant)
-            out += load() if files is None else shared_arrays(f"{variant}-{split}", files, load)
-        _BASES[key] = out
-    return _BASES[key]
+            out += load() if files[split] is None else shared_arrays(f"{variant}-{split}", files[split], load)
+        _BASES[key] = (stamp, out)
+    return _BASES[key][1]
 
 
 def normalizer(variant: str):

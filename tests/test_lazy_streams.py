@@ -160,3 +160,17 @@ def test_mnist_base_is_shared_through_the_cache(data_root):
     assert torch.equal(x_tr, ref_x) and torch.equal(y_tr, ref_y.long()) and x_tr.dtype == torch.uint8
     maps = open("/proc/self/maps").read()
     assert "bases/mnist-train-" in maps and "bases/mnist-test-" in maps
+
+
+def test_a_changed_data_file_is_loaded_again_in_the_same_process(tmp_path):
+    import os
+
+    from .conftest import write_synthetic_mnist
+
+    write_synthetic_mnist(tmp_path, "MNIST", n_train=50, n_test=20, seed=0)
+    before = load_raw(tmp_path, "mnist", False)[0].clone()
+    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    write_synthetic_mnist(tmp_path, "MNIST", n_train=50, n_test=20, seed=1)
+    os.utime(images, ns=(images.stat().st_atime_ns, images.stat().st_mtime_ns + 10**9))  # a coarse clock
+    after = load_raw(tmp_path, "mnist", False)[0]
+    assert not torch.equal(before, after) and torch.equal(after, load_mnist(tmp_path, "train", download=False)[0])
