@@ -65,17 +65,10 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return (x.permute(0, 3, 1, 2).float().div_(255.0) - MEAN) / STD
 
 
-_BASES: dict = {}
-
-
 def _lazy(root, split: str, download: bool):
-    """(LazyRows over the raw uint8 images, labels); the raw split is loaded once per process."""
-    key = (str(root), split)
-    if key not in _BASES:
-        data = load_cifar100(root, split, download=download)
-        _BASES[key] = (data.x, data.fine.long())
-    x, y = _BASES[key]
-    return LazyRows(x, torch.arange(len(y)), _normalize), y
+    """(LazyRows over the raw uint8 images, labels): one base per split, shared by every experience."""
+    data = load_cifar100(root, split, download=download)
+    return LazyRows(data.x, torch.arange(len(data)), _normalize), data.fine.long()
 
 
 def _cifar_stream(name: str, opts: CifarOptions, seed: int, root, download: bool, task_il: bool) -> TensorStream:

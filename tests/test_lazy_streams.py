@@ -174,3 +174,20 @@ def test_a_changed_data_file_is_loaded_again_in_the_same_process(tmp_path):
     os.utime(images, ns=(images.stat().st_atime_ns, images.stat().st_mtime_ns + 10**9))  # a coarse clock
     after = load_raw(tmp_path, "mnist", False)[0]
     assert not torch.equal(before, after) and torch.equal(after, load_mnist(tmp_path, "train", download=False)[0])
+
+
+def test_split_cifar100_rows_equal_the_whole_split_normalised_at_once(tmp_path):
+    from clbench.scenarios.cifar100 import MEAN, STD
+    from clbench.scenarios.cifar100_data import load_cifar100
+
+    from .test_datasets import write_cifar_pickles
+
+    write_cifar_pickles(tmp_path, bytes_keys=True, per_class=4)
+    cfg = resolve_config("split_cifar100", "naive", seed=1, profile="smoke", overrides={
+        "scenario.train_per_class": 3, "scenario.test_per_class": 2})
+    stream = _build(cfg, tmp_path)
+    for split, exps in (("train", stream.train), ("test", stream.test)):
+        raw = load_cifar100(tmp_path, split, download=False).x
+        whole = (raw.permute(0, 3, 1, 2).float().div_(255.0) - MEAN) / STD  # how the stream was built before
+        for exp in exps:
+            assert torch.equal(materialize(exp.x), whole[exp.x.index]) and torch.equal(exp.x[2], whole[exp.x.index[2]])
