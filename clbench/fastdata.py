@@ -181,12 +181,14 @@ def avalanche_getitems(self: AvalancheDataset, indices):
 def sequential_batches(dataset: AvalancheDataset, batch_size: int):
     """The collated minibatches of `DataLoader(dataset, batch_size)` (in order, no shuffle).
 
-    With the fast path on and applicable, the whole dataset is gathered once and
-    sliced: same samples, same order, same values as the loader gives, without its
-    per-batch overhead. Otherwise it is that DataLoader. Used by full passes over
-    an experience, such as EWC's Fisher estimate.
+    With the fast path on and applicable, each minibatch is one gather: same
+    samples, same order, same values as the loader gives, without its per-batch
+    overhead, and (for lazy streams, which decode what is gathered) without ever
+    holding the whole experience decoded. Otherwise it is that DataLoader. Used by
+    full passes over an experience, such as EWC's Fisher estimate.
     """
-    columns = _gather(dataset, np.arange(len(dataset))) if is_enabled() else None
+    n = len(dataset)
+    columns = _gather(dataset, np.arange(min(batch_size, n))) if is_enabled() else None
     if columns is None:
         collate = getattr(dataset, "collate_fn", None)
         yield from torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
@@ -195,8 +197,10 @@ def sequential_batches(dataset: AvalancheDataset, batch_size: int):
     # A DataLoader iterator draws its workers' base seed from the global RNG even with
     # no workers and no shuffle; draw it too, or every later shuffle would differ.
     torch.empty((), dtype=torch.int64).random_()
-    for start in range(0, len(dataset), batch_size):
-        yield [c[start:start + batch_size] for c in columns]
+    yield columns
+    for start in range(batch_size, n, batch_size):
+        # The same tree as the first batch, so the fast path applies again.
+        yield _gather(dataset, np.arange(start, min(start + batch_size, n)))
 
 
 class BatchedConcatDataset(ConcatDataset):

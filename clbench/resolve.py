@@ -20,6 +20,7 @@ from clbench.config import (
 )
 from clbench.errors import ConfigError
 from clbench.registry import MODELS, OPTIMIZERS, PLUGINS, SCENARIOS, STRATEGIES
+from clbench.stream_protocol import check_protocol
 
 
 def _strategy_defaults(spec, scenario: str) -> dict[str, Any]:
@@ -81,7 +82,9 @@ def resolve_config(
         cfg.model = scenario_spec.default_model
     check_model_args(cfg)
     validate_train(cfg)
-    cfg.scenario_args = check_dataclass_args(cfg.scenario_args, scenario_spec.options, f"scenario {scenario!r}")
+    # stream_seed / val_fraction / eval_split apply to every stream (clbench/stream_protocol.py).
+    protocol = check_protocol(cfg.scenario_args, scenario_spec.options, scenario)
+    cfg.scenario_args = check_dataclass_args(cfg.scenario_args, scenario_spec.options, f"scenario {scenario!r}") | protocol
     if strategy_spec.params is None:
         if cfg.strategy_args:
             raise ConfigError(f"strategy {strategy!r} takes no parameters; got {', '.join(cfg.strategy_args)}")

@@ -141,6 +141,7 @@ def run_cell(
     from clbench import fastdata
     from clbench.evaluation import evaluate_row
     from clbench.scenarios.datasets import downloads_allowed, resolve_data_root
+    from clbench.scenarios.validation import build_stream
 
     config_hash = cfg.config_hash()
     result: dict[str, Any] = {
@@ -162,10 +163,9 @@ def run_cell(
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             seed_everything(cfg.seed)
-            scenario_spec = SCENARIOS.get(cfg.scenario)
-            options = scenario_spec.options(**cfg.scenario_args)
-            stream = scenario_spec.builder(
-                options, cfg.profile, cfg.seed, resolve_data_root(data_root), downloads_allowed(download)
+            stream = build_stream(  # drawn from the stream seed, validation split applied
+                SCENARIOS.get(cfg.scenario), cfg.scenario_args, cfg.profile, cfg.seed,
+                resolve_data_root(data_root), downloads_allowed(download),
             )
             if cfg.tuning.get("first_k"):
                 stream = first_experiences(stream, cfg.tuning["first_k"])

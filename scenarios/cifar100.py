@@ -1,8 +1,8 @@
 """Split CIFAR-100: 10 or 20 experiences, class-IL and task-IL.
 
 Reads the offline WebP-sprite copy or torchvision's `cifar-100-python` (see
-`clbench.scenarios.cifar100_data`). Images are normalized once into float32
-NCHW tensors; training-time augmentation, where a strategy wants it, is done
+`clbench.scenarios.cifar100_data`). Images stay uint8 in one shared base and are
+normalized into float32 NCHW per minibatch (`clbench.scenarios.lazy`); training-time augmentation, where a strategy wants it, is done
 on whole minibatches (never per sample).
 """
 
@@ -15,6 +15,7 @@ import torch
 
 from clbench.registry import register_scenario
 from clbench.scenarios.cifar100_data import load_cifar100
+from clbench.scenarios.lazy import LazyRows
 from clbench.scenarios.stream import (
     ScenarioInfo,
     TensorStream,
@@ -59,15 +60,21 @@ CIFAR_PROFILES = {
 }
 
 
-def _normalized(split):
-    x = split.x.permute(0, 3, 1, 2).float().div_(255.0)
-    return (x - MEAN) / STD, split.fine.long()
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> normalized float32 NCHW; elementwise, so per batch gives the whole-split values."""
+    return (x.permute(0, 3, 1, 2).float().div_(255.0) - MEAN) / STD
+
+
+def _lazy(root, split: str, download: bool):
+    """(LazyRows over the raw uint8 images, labels): one base per split, shared by every experience."""
+    data = load_cifar100(root, split, download=download)
+    return LazyRows(data.x, torch.arange(len(data)), _normalize), data.fine.long()
 
 
 def _cifar_stream(name: str, opts: CifarOptions, seed: int, root, download: bool, task_il: bool) -> TensorStream:
     rng = np.random.RandomState(seed)
-    x_tr, y_tr = _normalized(load_cifar100(root, "train", download=download))
-    x_te, y_te = _normalized(load_cifar100(root, "test", download=download))
+    x_tr, y_tr = _lazy(root, "train", download)
+    x_te, y_te = _lazy(root, "test", download)
     x_tr, y_tr = per_class_subsample(x_tr, y_tr, opts.train_per_class, rng)
     x_te, y_te = per_class_subsample(x_te, y_te, opts.test_per_class, rng)
     order = class_order(100, seed, opts.fixed_class_order, opts.shuffle_classes)

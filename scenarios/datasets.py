@@ -156,6 +156,11 @@ def _find_plain_or_gz(raw_dir: Path, name: str) -> Path | None:
     return None
 
 
+def mnist_files(root: str | os.PathLike, split: str, variant: str = "mnist") -> list[Path] | None:
+    """The (images, labels) files `load_mnist` would read, or None while either is missing."""
+    return _locate_mnist(Path(root) / MNIST_VARIANTS[variant] / "raw", _mnist_file_names(split))
+
+
 def _locate_mnist(raw_dir: Path, names: tuple[str, ...]) -> list[Path] | None:
     found = [_find_plain_or_gz(raw_dir, name) for name in names]
     return None if None in found else found

@@ -15,7 +15,8 @@ import torch
 import torchvision.transforms.functional as TF
 
 from clbench.registry import register_scenario
-from clbench.scenarios.datasets import load_mnist
+from clbench.scenarios.datasets import load_mnist, mnist_files
+from clbench.scenarios.lazy import LazyRows, shared_arrays
 from clbench.scenarios.stream import (
     ExperienceTensors,
     ScenarioInfo,
@@ -29,14 +30,52 @@ from clbench.scenarios.stream import (
 NORMALIZATION = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 
 
-def load_normalized(root, variant: str, download: bool):
-    """Both splits as float32 [N, 1, 28, 28], normalized once."""
+_BASES: dict = {}
+
+
+def load_raw(root, variant: str, download: bool):
+    """Both splits as (x uint8 [N, 28, 28], y int64 [N]), shared by every process (memory-mapped)
+    and every experience of every stream built in it (scenarios/lazy.py), so memory grows neither
+    with the stream length nor with the number of workers."""
+    files = {split: mnist_files(root, split, variant) for split in ("train", "test")}
+    # A file changed since this process loaded it (size or mtime) is loaded, and checked, again.
+    stamp = [(p, p.stat().st_size, p.stat().st_mtime_ns) for f in files.values() for p in f or []]
+    key = (str(root), variant)
+    if key not in _BASES or _BASES[key][0] != stamp:
+        out = []
+        for split in ("train", "test"):
+            def load(split=split):
+                x, y = load_mnist(root, split, download=download, variant=variant)
+                return x, y.long()
+
+            out += load() if files[split] is None else shared_arrays(f"{variant}-{split}", files[split], load)
+        _BASES[key] = (stamp, out)
+    return _BASES[key][1]
+
+
+def normalizer(variant: str):
+    """uint8 [B, 28, 28] -> normalized float32 [B, 1, 28, 28].
+
+    A normalized pixel depends only on its uint8 value, so the 256 values are computed
+    once, by the very expression a whole-split normalisation used (bitwise the same
+    floats), and each batch is one table lookup, much cheaper than the arithmetic,
+    which matters because lazy streams normalise every batch of every epoch and pass."""
     mean, std = NORMALIZATION[variant]
-    out = []
-    for split in ("train", "test"):
-        x, y = load_mnist(root, split, download=download, variant=variant)
-        out += [((x.float() / 255.0 - mean) / std).unsqueeze(1), y.long()]
-    return out
+    table = (torch.arange(256, dtype=torch.uint8).float() / 255.0 - mean) / std
+    return lambda x: table.index_select(0, x.flatten().int()).view(len(x), 1, *x.shape[1:])
+
+
+def load_lazy(root, variant: str, download: bool):
+    """Both splits as (LazyRows of normalized images, labels) over the shared raw base."""
+    x_tr, y_tr, x_te, y_te = load_raw(root, variant, download)
+    decode = normalizer(variant)
+    return LazyRows(x_tr, torch.arange(len(y_tr)), decode), y_tr, LazyRows(x_te, torch.arange(len(y_te)), decode), y_te
+
+
+def load_normalized(root, variant: str, download: bool):
+    """Both splits as float32 [N, 1, 28, 28], normalized (materialised; references and tools)."""
+    x_tr, y_tr, x_te, y_te = load_lazy(root, variant, download)
+    return [x_tr.materialize(), y_tr, x_te.materialize(), y_te]
 
 
 # --------------------------------------------------------------------------- domain-IL
@@ -73,7 +112,7 @@ DOMAIN_PROFILES = {
 
 
 def _domain_stream(name, opts: DomainOptions, seed, root, download, make_transform) -> TensorStream:
-    x_tr, y_tr, x_te, y_te = load_normalized(root, "mnist", download)
+    x_tr, y_tr, x_te, y_te = load_lazy(root, "mnist", download)
     rng = np.random.RandomState(seed)
     train, test, extra = [], [], {"domain": []}
     for e in range(opts.n_experiences):
@@ -81,7 +120,7 @@ def _domain_stream(name, opts: DomainOptions, seed, root, download, make_transfo
         extra["domain"].append(description)
         for x, y, n, out in ((x_tr, y_tr, opts.train_per_exp, train), (x_te, y_te, opts.test_per_exp, test)):
             xs, ys = subsample(x, y, n, rng)
-            out.append(ExperienceTensors(transform(xs), ys, 0))
+            out.append(ExperienceTensors(xs.then(transform), ys, 0))  # applied per batch
     info = ScenarioInfo(name, "domain_il", opts.n_experiences, 10, (1, 28, 28), [list(range(10))] * opts.n_experiences, extra=extra)
     return TensorStream(info, train, test)
 
@@ -148,7 +187,7 @@ SPLIT_PROFILES = {
 
 
 def _split_stream(name, variant, opts: SplitOptions, seed, root, download, task_il) -> TensorStream:
-    x_tr, y_tr, x_te, y_te = load_normalized(root, variant, download)
+    x_tr, y_tr, x_te, y_te = load_lazy(root, variant, download)
     order = class_order(10, seed, opts.fixed_class_order, opts.shuffle_classes)
     rng = np.random.RandomState(seed)
     train, test, classes_per_exp = split_by_classes(

@@ -1,7 +1,9 @@
 """Tensorized streams: every experience is a pair of in-memory tensors.
 
-Scenarios decode, normalize, permute or split their data once into tensors
-(no per-sample Python transforms), then hand the experiences to Avalanche's
+Scenarios describe each experience as tensors (no per-sample Python
+transforms): image streams as lazy index maps over one shared raw base,
+decoded per minibatch (`clbench.scenarios.lazy`), text streams as token
+tensors. They then hand the experiences to Avalanche's
 legacy, task-aware benchmark generator so that every Avalanche strategy
 (including LwF, DER and iCaRL, which crash on the new-style generators, see
 avalanche_and_anchors.md §0.1) trains on them unchanged. The same test tensors
@@ -23,6 +25,8 @@ from avalanche.benchmarks.utils.classification_dataset import (
     TaskAwareSupervisedClassificationDataset,
 )
 from avalanche.benchmarks.utils.flat_data import ConstantSequence
+
+from clbench.scenarios.lazy import LazyRows, select_rows
 
 
 @dataclass
@@ -46,7 +50,7 @@ class ScenarioInfo:
 
 @dataclass
 class ExperienceTensors:
-    x: torch.Tensor
+    x: torch.Tensor | LazyRows  # inputs; image streams keep them lazy (scenarios/lazy.py)
     # int64 labels [N], already remapped for task-IL; or, for language modelling
     # (metric "bpc"), the next-token ids [N, L] of the input windows x [N, L]
     y: torch.Tensor
@@ -91,7 +95,7 @@ class TensorLeaf(torch.utils.data.Dataset):
     whole minibatches from `x` and `y` at once.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+    def __init__(self, x: torch.Tensor | LazyRows, y: torch.Tensor):
         assert len(x) == len(y)
         self.x, self.y = x, y
 
@@ -114,15 +118,17 @@ def to_avalanche_dataset(exp: ExperienceTensors) -> TaskAwareSupervisedClassific
 
 
 # --------------------------------------------------------------------------- helpers for scenarios
-def subsample(x: torch.Tensor, y: torch.Tensor, n: int | None, rng: np.random.RandomState):
-    """A seeded random subset of n samples (all of them when n is None or too large)."""
+def subsample(x, y: torch.Tensor, n: int | None, rng: np.random.RandomState):
+    """A seeded random subset of n samples (all of them when n is None or too large).
+
+    `x` may be a tensor or a `LazyRows` view (then the subset stays lazy)."""
     if n is None or n >= len(y):
         return x, y
     idx = torch.from_numpy(np.sort(rng.choice(len(y), size=n, replace=False)))
-    return x[idx], y[idx]
+    return select_rows(x, idx), y[idx]
 
 
-def per_class_subsample(x: torch.Tensor, y: torch.Tensor, per_class: int | None, rng: np.random.RandomState):
+def per_class_subsample(x, y: torch.Tensor, per_class: int | None, rng: np.random.RandomState):
     """Keep `per_class` seeded random samples of each class (class-balanced subsets)."""
     if per_class is None:
         return x, y
@@ -131,7 +137,7 @@ def per_class_subsample(x: torch.Tensor, y: torch.Tensor, per_class: int | None,
         idx = (y == c).nonzero().flatten().numpy()
         keep.append(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
     idx = torch.from_numpy(np.sort(np.concatenate(keep)))
-    return x[idx], y[idx]
+    return select_rows(x, idx), y[idx]
 
 
 def class_order(n_classes: int, seed: int, fixed: list[int] | None, shuffle: bool) -> list[int]:
@@ -168,8 +174,8 @@ def split_by_classes(
         lut[classes] = torch.arange(k) if task_il else torch.tensor(classes)
         streams = []
         for x, y, n in ((x_train, y_train, train_per_exp), (x_test, y_test, test_per_exp)):
-            mask = torch.isin(y, torch.tensor(classes))
-            xs, ys = subsample(x[mask], y[mask], n, rng)
+            rows = torch.isin(y, torch.tensor(classes)).nonzero().flatten()
+            xs, ys = subsample(select_rows(x, rows), y[rows], n, rng)
             streams.append(ExperienceTensors(xs, lut[ys], e if task_il else 0))
         train.append(streams[0])
         test.append(streams[1])

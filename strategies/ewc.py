@@ -16,7 +16,7 @@ class FastEWCPlugin(EWCPlugin):
 
     Avalanche estimates the Fisher with a DataLoader over the experience in
     training-minibatch order. On a tensorized stream this plugin takes the very
-    same minibatches from `fastdata.sequential_batches` (one gather, then slices)
+    same minibatches from `fastdata.sequential_batches` (one gather per minibatch)
     and runs the very same forward, backward and accumulation, so the importances
     are bitwise identical (tests/test_fast_ewc.py) at a fraction of the loader's
     overhead. The penalty, modes and bookkeeping are Avalanche's, inherited.
