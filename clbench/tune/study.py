@@ -135,7 +135,9 @@ def make_study(run_dir: Path, t: TunedRow, settings: TuneSettings):
         "grid": lambda: optuna.samplers.GridSampler(grid_of(t.params), seed=settings.sampler_seed),
     }
     pruners = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2),
+        # Not before 4 trials have completed, and never on the first experience alone: a
+        # regulariser (EWC's lambda, LwF's alpha) changes nothing until a second one is trained.
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
         "threshold": lambda: optuna.pruners.ThresholdPruner(lower=settings.prune_below),
         "none": lambda: optuna.pruners.NopPruner(),
     }
