@@ -3,7 +3,7 @@
 Materialising every permuted, rotated or class-split copy of a dataset costs
 memory that grows with the number of experiences (a 10 x 60k Permuted MNIST
 cell held ten float32 copies of 60k x 784 values, 188 MB each). A `LazyRows` instead holds an index
-map into ONE raw base tensor (uint8 images, loaded once per process) and a
+map into ONE raw base tensor (uint8 images, loaded once per stream) and a
 decode function (normalisation, then the experience's permutation or
 rotation) applied to whatever rows are asked for: one sample in the per-item
 `__getitem__`, a minibatch in `clbench.fastdata`'s batched path, a slice in the
