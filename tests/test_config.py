@@ -15,7 +15,7 @@ def test_layers_apply_in_order_profile_defaults_suite_cli():
     assert base.train.optimizer == "sgd" and base.train.lr == 0.1
     assert base.strategy_args["ewc_lambda"] == 1.0
     assert resolve_config("split_mnist", "ewc").strategy_args["ewc_lambda"] == 10000.0
-    assert base.scenario_args["n_experiences"] == 5
+    assert base.scenario_args["n_experiences"] == 10  # the quick P-MNIST that forgets (issue 15)
     cfg = resolve_config(
         "pmnist", "ewc", profile="quick",
         layers=[("suite", {"lr": 0.05, "strategy.ewc_lambda": 7})],
