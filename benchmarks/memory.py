@@ -30,6 +30,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from results_file import replace_section  # benchmarks/results_file.py
+
 HERE = Path(__file__).resolve().parent
 SECTION = "## Peak memory of streams (benchmarks/memory.py)"
 BEGIN, END = "<!-- memory.py table: begin -->", "<!-- memory.py table: end -->"
@@ -58,17 +60,6 @@ def run_cell(profile: str, sets: list[str], data_root: str) -> dict:
         "rc": int(rc), "peak_mb": float(peak), "runner_peak_mb": result.get("peak_rss_mb"),
         "wall_s": result.get("wall_seconds"), "status": result.get("status"), "error": result.get("error"),
     }
-
-
-def replace_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{body.strip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + f"\n\n{SECTION}\n\n{block}\n"
-    path.write_text(text)
 
 
 def main() -> int:
@@ -117,7 +108,7 @@ def main() -> int:
         f"Run at {started:%Y-%m-%d %H:%M} UTC by `python benchmarks/memory.py {' '.join(sys.argv[1:])}`.\n"
     )
     print("\n" + body)
-    replace_section(args.results, body)
+    replace_section(args.results, SECTION, BEGIN, END, body)
     return 0
 
 

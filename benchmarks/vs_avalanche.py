@@ -52,6 +52,7 @@ from avalanche.benchmarks.utils.data import make_avalanche_dataset
 from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
 from avalanche.training import EWC, Naive, Replay
 from avalanche.training.plugins import EvaluationPlugin
+from results_file import replace_section  # benchmarks/results_file.py
 from torch import nn
 
 from clbench import fastdata
@@ -281,20 +282,6 @@ def build_table(times, accs, strategies) -> tuple[str, bool]:
     return "\n".join(rows), all_ok
 
 
-def replace_section(path: Path, body: str) -> None:
-    """Refresh this script's block in RESULTS.md (between its markers), keeping any prose around it."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{body.strip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    elif SECTION in text:  # a hand-written section without markers: put the block under its heading
-        text = text.replace(f"{SECTION}\n", f"{SECTION}\n\n{block}\n", 1)
-    else:
-        text = text.rstrip() + f"\n\n{SECTION}\n\n{block}\n"
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per (strategy, side); the table shows the median")
@@ -352,7 +339,7 @@ def main() -> int:
     )
     print(f"\n{table}\n\n{notes}")
     args.out.write_text(f"# clbench vs stock Avalanche (Permuted MNIST)\n\n{table}\n\n{notes}")
-    replace_section(args.results, f"{table}\n\n{notes}")
+    replace_section(args.results, SECTION, BEGIN, END, f"{table}\n\n{notes}")
     if not all_ok:
         print("a target was missed (see the 'meets targets' column)", file=sys.stderr)
     return 0 if all_ok else 1
