@@ -43,7 +43,7 @@ bench: install
 
 # Regenerate the committed tuned values of the default suite (docs/tuning.md): the first_k
 # protocol (Chaudhry et al. 2019) with k = 3 on the validation split, 2 tuning seeds (100, 101;
-# the suite evaluates on 0-2), 10 trials for every row: about 16 minutes on 2 cores.
+# the suite evaluates on 0-4), 10 trials for every row: about 16 minutes on 2 cores.
 # `make bench` applies the committed result, so it does not tune.
 tune: install
 	$(BIN)/clbench tune suites/quick.toml --protocol first_k --k 3 --seeds 100,101 --trials 10 \
