@@ -357,11 +357,11 @@ def _run_anchors(chosen: list[AnchorConfig], cells: dict, args):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from clbench.suite import _worker_init
+    from clbench.engines import worker_init
 
     # One thread per worker: two 2-thread processes on 2 cores thrash (see CPU budget).
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_worker_init, initargs=([], 1)) as pool:
+    with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=worker_init, initargs=([], 1)) as pool:
         futures = {
             pool.submit(_run_anchor_in_worker, [c.to_dict() for c in cells[a.name]], str(Path(args.out) / a.name),
                         args.resume, args.data_root, args.download, f"reproduce/{a.name}"): a

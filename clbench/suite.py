@@ -35,16 +35,6 @@ def cell_ids(cells: list[RunConfig]) -> list[str]:
     return [cell_id(c.scenario, c.label, c.seed, c.config_hash()) for c in cells]
 
 
-def _worker_init(plugin_files: list[str], threads: int) -> None:
-    import torch
-
-    from clbench.registry import load_plugin_file
-
-    torch.set_num_threads(threads)
-    for path in plugin_files:
-        load_plugin_file(path)
-
-
 def run_suite(
     cells: list[RunConfig], run_dir: Path, *, resume: bool = True, jobs: int = 1, data_root=None,
     download: bool | None = None, plugin_files: list[str] = (), progress: bool = True, suite_name: str = "",

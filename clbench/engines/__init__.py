@@ -19,6 +19,17 @@ from clbench.errors import ConfigError
 ENGINES = ("local", "ray")
 
 
+def worker_init(plugin_files: list[str], threads: int) -> None:
+    """Set up a worker process: its torch threads and the suite's plugin files."""
+    import torch
+
+    from clbench.registry import load_plugin_file
+
+    torch.set_num_threads(threads)
+    for path in plugin_files:
+        load_plugin_file(path)
+
+
 @dataclass
 class EngineOptions:
     """How cells run; none of it changes what a cell computes, so none is in the config hash."""

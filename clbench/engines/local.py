@@ -78,7 +78,7 @@ def _die_with_parent() -> None:
 
 def _worker_main(conn: Connection, environ: dict[str, str], plugin_files: list[str], threads: int,
                  deterministic: bool) -> None:
-    from clbench.suite import _worker_init
+    from clbench.engines import worker_init
 
     _die_with_parent()
     os.environ.clear()
@@ -90,7 +90,7 @@ def _worker_main(conn: Connection, environ: dict[str, str], plugin_files: list[s
 
     # tqdm's default lock is a multiprocessing semaphore, which a killed worker would leak.
     tqdm.set_lock(threading.RLock())
-    _worker_init(plugin_files, threads)
+    worker_init(plugin_files, threads)
     apply_determinism(deterministic)
     from clbench.config import RunConfig
     from clbench.runner import run_cell
