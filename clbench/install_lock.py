@@ -16,12 +16,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import canonicalize_name
+
 LOCK_PATH = Path(__file__).resolve().parent.parent / "requirements" / "lock.txt"
 _PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)")
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def read_pins(path: Path = LOCK_PATH) -> dict[str, str]:
@@ -29,7 +27,7 @@ def read_pins(path: Path = LOCK_PATH) -> dict[str, str]:
     for line in path.read_text().splitlines():
         match = _PIN.match(line.strip())
         if match:
-            pins[_canonical(match.group(1))] = match.group(2)
+            pins[canonicalize_name(match.group(1))] = match.group(2)
     return pins
 
 
@@ -40,7 +38,7 @@ def installed_versions() -> dict[str, str]:
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
         if name:
-            found.setdefault(_canonical(name), dist.version)
+            found.setdefault(canonicalize_name(name), dist.version)
     return found
 
 

@@ -14,31 +14,27 @@ printed as p = 0; it is listed as "zero variance" and left out of the family, as
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from clbench.report.aggregate import holm_tests
 from clbench.report.stats import holm
-
-TESTS = (("acc", "naive"), ("forgetting", "naive"), ("acc", "best"))
 
 
 def family(rows: pd.DataFrame) -> dict[tuple[str, str, str], float]:
-    """(row, other, metric) -> raw p, each unordered pair and metric once."""
-    tests: dict[tuple[str, str, str], float] = {}
-    seen = set()
-    for _, r in rows.iterrows():
-        for metric, tag in TESTS:
-            other = "naive" if tag == "naive" else r.get("best_baseline")
-            p = r.get(f"p_{metric}_vs_{tag}")
-            if not isinstance(other, str) or not other or other == r["label"] or not isinstance(p, float) \
-                    or math.isnan(p) or (frozenset((r["label"], other)), metric) in seen:
-                continue
-            seen.add((frozenset((r["label"], other)), metric))
-            tests[(r["label"], other, metric)] = p
-    return tests
+    """(row, other, metric) -> raw p for each distinct test of the table: the family the current
+    report code forms (`aggregate.holm_tests`), named by the row that first shows it."""
+    tests, cells = holm_tests(rows)
+    named = {}
+    for idx, _, key in cells:
+        if key in named:
+            continue
+        label = rows.at[idx, "label"]
+        pair, metric = key
+        named[key] = (label, next(iter(pair - {label})), metric)
+    return {named[key]: p for key, p in tests.items()}
 
 
 def addendum(report_dir: Path) -> str:

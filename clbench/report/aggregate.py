@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -252,23 +253,30 @@ def _add_paired_tests(summary: pd.DataFrame, values, scenarios) -> None:
 HOLM_FAMILY = (("acc", "naive"), ("forgetting", "naive"), ("acc", "best"))
 
 
+def holm_tests(rows: pd.DataFrame) -> tuple[dict[tuple, float], list[tuple[Any, str, tuple]]]:
+    """The distinct tests one scenario's table shows, {(frozenset(pair), metric): raw p}, and
+    where each shown p sits: (row index, its _holm column, test key)."""
+    tests: dict[tuple, float] = {}
+    cells = []
+    for idx, r in rows.iterrows():
+        for k, tag in HOLM_FAMILY:
+            other = NAIVE if tag == "naive" else r["best_baseline"]
+            p = r[f"p_{k}_vs_{tag}"]
+            if not isinstance(other, str) or not other or other == r["label"] or not math.isfinite(p):
+                continue
+            key = (frozenset((r["label"], other)), k)
+            tests.setdefault(key, p)
+            cells.append((idx, f"p_{k}_vs_{tag}_holm", key))
+    return tests, cells
+
+
 def _add_holm(summary: pd.DataFrame) -> None:
     """p_<metric>_vs_<tag>_holm columns and holm_family_size (tests in the scenario's family)."""
     for k, tag in HOLM_FAMILY:
         summary[f"p_{k}_vs_{tag}_holm"] = math.nan
     summary["holm_family_size"] = 0
     for _, rows in summary.groupby("scenario", sort=False):
-        tests: dict[tuple, float] = {}
-        cells = []
-        for idx, r in rows.iterrows():
-            for k, tag in HOLM_FAMILY:
-                other = NAIVE if tag == "naive" else r["best_baseline"]
-                p = r[f"p_{k}_vs_{tag}"]
-                if not other or other == r["label"] or not math.isfinite(p):
-                    continue
-                key = (frozenset((r["label"], other)), k)
-                tests.setdefault(key, p)
-                cells.append((idx, f"p_{k}_vs_{tag}_holm", key))
+        tests, cells = holm_tests(rows)
         adjusted = dict(zip(tests, holm(list(tests.values())), strict=True))
         for idx, col, key in cells:
             summary.at[idx, col] = adjusted[key]

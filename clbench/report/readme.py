@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from clbench.report.display import NA, fmt_number, fmt_p
+
 BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- END generated -->)", re.S)
 SCENARIO_NAMES = {"pmnist": "P-MNIST", "split_mnist": "Split MNIST", "rotated_mnist": "Rotated MNIST",
                   "split_cifar100": "Split CIFAR-100", "clinc150": "CLINC150", "banking77": "Banking77"}
@@ -29,14 +31,12 @@ METRICS = (("acc", "ACC (%)"), ("forgetting", "forgetting (pp)"), ("plasticity",
 
 def _cell(mean: float, ci: float) -> str:
     if not math.isfinite(mean):
-        return "n/a"
-    return f"{100 * mean:.1f}" + ("" if not math.isfinite(ci) else f" ± {100 * ci:.1f}")
+        return NA
+    return fmt_number(100 * mean, 1) + ("" if not math.isfinite(ci) else f" ± {fmt_number(100 * ci, 1)}")
 
 
 def _p(value: float) -> str:
-    if not math.isfinite(value):
-        return "-"
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
+    return "-" if not math.isfinite(value) else fmt_p(value)  # "-": the reference row has no test
 
 
 def headline_table(summary: pd.DataFrame) -> str:
