@@ -30,12 +30,13 @@ def split_cell_id(cid: str) -> tuple[str, str, int, str] | None:
     return parts[0], parts[1], int(parts[2][4:]), parts[3]
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Temp file, fsync, rename: a reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=True)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -48,6 +49,10 @@ def atomic_write_json(path: Path, data: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=True))
 
 
 def result_path(run_dir: Path, cid: str) -> Path:

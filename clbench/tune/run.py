@@ -9,12 +9,12 @@ from typing import Any
 
 from clbench.config import SuiteConfig
 from clbench.engines import EngineOptions
+from clbench.metrics import as_matrix, final_average
 from clbench.store import read_result, result_path
 from clbench.tune.study import (
     TunedRow,
     TuneSettings,
     budget_used,
-    final_average,
     make_study,
     params_key,
     recover_interrupted,
@@ -95,7 +95,7 @@ def run_trial(suite, t: TunedRow, settings: TuneSettings, run_dir: Path, engine:
         trial.set_user_attr("error", outcome.failed[0][1][:300])
         raise TrialFailed(outcome.failed[0][1][:300])
     results = [read_result(result_path(trial_dir, cid)) for cid in _ids(cells)]
-    metric = sum(final_average(r["matrix"]) for r in results) / len(results)
+    metric = sum(final_average(as_matrix(r["matrix"])) for r in results) / len(results)
     if not math.isfinite(metric):
         trial.set_user_attr("error", f"non-finite objective {metric}")
         raise TrialFailed(f"non-finite objective {metric}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,7 +174,3 @@ def budget_used(study) -> int:
     interrupted = set(study.user_attrs.get("interrupted", []))
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return sum(1 for t in study.get_trials(deepcopy=False, states=done) if t.number not in interrupted)
-
-
-def final_average(matrix: list[list[float]]) -> float:
-    return sum(matrix[-1]) / len(matrix[-1]) if matrix else math.nan

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
 from clbench.errors import ConfigError
+from clbench.store import atomic_write_text
 
 REQUIRED = ("values", "protocol", "trials", "seeds", "cpu_seconds")
 
@@ -52,12 +52,8 @@ def dumps(records: dict[tuple[str, str], dict[str, Any]], header: str = "") -> s
 
 
 def write_tuned(path: Path, records: dict[tuple[str, str], dict[str, Any]], header: str = "") -> None:
-    """Via a temp file and a rename: a killed `clbench tune` never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dumps(records, header))
-    os.replace(tmp, path)
+    """Atomically: a killed `clbench tune` never leaves half a file."""
+    atomic_write_text(Path(path), dumps(records, header))
 
 
 def read_tuned(path: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
