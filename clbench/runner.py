@@ -151,7 +151,7 @@ def run_cell(
         "config": cfg.to_dict(), "metric_name": "accuracy", "higher_is_better": True,
         "matrix": [], "initial": [], "n_experiences": None, "n_test": [],
         "train_seconds": 0.0, "eval_seconds": 0.0, "wall_seconds": 0.0, "train_samples_per_s": None,
-        "peak_rss_mb": None, "peak_device_mb": 0.0, "num_params": None, "scenario_info": {},
+        "peak_rss_mb": None, "peak_device_mb": 0.0, "num_params": None, "stored_values": None, "scenario_info": {},
         "cpu_seconds": 0.0, "env": {}, "status": "failed", "error": None, "traceback": None, "started_at": _now(), "finished_at": None,
     }
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -181,7 +181,10 @@ def run_cell(
             benchmark = stream.to_benchmark()
             seed_everything(cfg.seed)  # model init does not depend on how the data was drawn
             model, strategy = build_strategy(cfg, stream, device)
-            result["num_params"] = count_parameters(model)
+            # The model the strategy trains and the runner evaluates (a closed-form strategy
+            # brings its own head; its statistics are buffers, reported as stored_values).
+            result["num_params"] = count_parameters(strategy.model)
+            result["stored_values"] = sum(b.numel() for b in strategy.model.buffers())
             eval_mb = cfg.train.eval_mb_size
 
             def evaluate() -> list[float]:

@@ -19,7 +19,9 @@ from clbench.strategies import (  # noqa: F401  (registration side effects)
     lwf,
     mas,
     naive,
+    ncm,
     online_ewc,
+    ranpac,
     replay,
     si,
 )
