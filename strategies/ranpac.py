@@ -67,6 +67,7 @@ class RanPACHead(ClosedFormHead):
         self.register_buffer("targets", torch.zeros(m, n_classes, dtype=torch.float64))  # C = sum h^T Y
         self.register_buffer("weight", torch.zeros(m, n_classes, dtype=torch.float64))  # W_out
         self.chosen_ridges: list[float] = []  # lambda used after each experience
+        self.ridge_losses: list[float] = []  # held-out MSE per grid value, last selection
         self._fold = None
 
     def hidden(self, z: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,7 @@ class RanPACHead(ClosedFormHead):
             fold, self._fold = self._fold, None
             h_val, y_val = torch.cat(fold["h"]), torch.cat(fold["y"])
             # The paper's selection uses the current experience only, not the accumulated G.
-            lam, _ = select_ridge(fold["g"], fold["c"], h_val, y_val)
+            lam, self.ridge_losses = select_ridge(fold["g"], fold["c"], h_val, y_val)
             self.gram += fold["g"] + h_val.T @ h_val
             self.targets += fold["c"] + h_val.T @ y_val
         eye = torch.eye(self.gram.shape[0], dtype=torch.float64, device=self.gram.device)

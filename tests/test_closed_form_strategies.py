@@ -76,7 +76,7 @@ def test_ncm_prototypes_are_class_means_and_predictions_the_nearest():
             assert set(pred.tolist()) <= set(seen)  # only classes seen so far are predicted
 
 
-def numpy_ridge_choice(h: np.ndarray, onehot: np.ndarray, seed: int, experience: int) -> float:
+def numpy_ridge_search(h: np.ndarray, onehot: np.ndarray, seed: int, experience: int) -> tuple[float, list]:
     """The paper's selection, written directly: seeded 80/20 split, one solve per grid value."""
     n = len(h)
     order = np.random.default_rng([seed, experience]).permutation(n)
@@ -85,7 +85,7 @@ def numpy_ridge_choice(h: np.ndarray, onehot: np.ndarray, seed: int, experience:
     for lam in RIDGE_GRID:
         w = np.linalg.solve(h[fit].T @ h[fit] + lam * np.eye(h.shape[1]), h[fit].T @ onehot[fit])
         losses.append(((h[val] @ w - onehot[val]) ** 2).mean())
-    return RIDGE_GRID[int(np.argmin(losses))]
+    return RIDGE_GRID[int(np.argmin(losses))], losses
 
 
 @pytest.mark.parametrize("ridge", ["auto", 0.3])
@@ -103,7 +103,8 @@ def test_ranpac_weight_is_the_batch_ridge_solution_over_all_data_seen(ridge):
         h, onehot = np.maximum(x @ w_rand, 0), np.eye(6)[y]
         if ridge == "auto":
             exp_h = np.maximum(stream.train[k].x.double().numpy() @ w_rand, 0)
-            lam = numpy_ridge_choice(exp_h, np.eye(6)[stream.train[k].y.numpy()], seed, k)
+            lam, losses = numpy_ridge_search(exp_h, np.eye(6)[stream.train[k].y.numpy()], seed, k)
+            np.testing.assert_allclose(head.ridge_losses, losses, rtol=1e-6)
         else:
             lam = ridge
         assert head.chosen_ridges[-1] == lam
