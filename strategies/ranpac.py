@@ -78,8 +78,8 @@ class RanPACHead(ClosedFormHead):
             return
         mask = holdout_mask(n_samples, self.seed, self.experiences_done)
         if mask.all() or not mask.any():
-            raise ValueError(f"ridge='auto' holds out 20% of an experience and needs at least 2 samples "
-                             f"in each part; this experience has {n_samples}: set strategy.ridge to a number")
+            raise ValueError(f"ridge='auto' fits on 80% of an experience and validates on the rest, which "
+                             f"needs at least 2 samples; this experience has {n_samples}: set strategy.ridge to a number")
         m, k = self.gram.shape[0], self.n_classes
         self._fold = {"mask": mask, "pos": 0, "g": torch.zeros(m, m, dtype=torch.float64, device=self.gram.device),
                       "c": torch.zeros(m, k, dtype=torch.float64, device=self.gram.device), "h": [], "y": []}
