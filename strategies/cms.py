@@ -28,10 +28,13 @@ from clbench.registry import register_strategy
 @register_strategy(
     "cms",
     params=MultiRateParams,
-    # A CMS run needs a CMS model: the conv-stem variant for CIFAR, the MLP one elsewhere.
+    # A CMS run needs a CMS model: the conv-stem variant for CIFAR images, the MLP one elsewhere.
+    # The frozen-feature CIFAR stream is named explicitly: its input is already a 1280-d vector
+    # (features="pooled"), so it takes the MLP stem, not the conv stem its image sibling needs.
     defaults={
         "split_cifar100": {"model": "cms_resnet"},
         "split_cifar100_til": {"model": "cms_resnet"},
+        "split_cifar100_features": {"model": "cms_mlp"},
         "*": {"model": "cms_mlp"},
     },
     description="Continuum Memory System: CMS model, per-level update periods (Naive base)",

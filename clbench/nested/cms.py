@@ -325,6 +325,9 @@ def build_cms_resnet(
     variant: str = "sequential",
     nf: int = 20,
 ) -> nn.Module:
+    if tuple(info.input_shape) != (3, 32, 32):  # the conv stem reshapes its input to 3x32x32
+        raise ValueError(f"cms_resnet needs 32x32 RGB images (input shape (3, 32, 32)); scenario {info.name!r} "
+                         f"has input shape {tuple(info.input_shape)}: use model cms_mlp for feature vectors")
     dim, hid = _dims(RESNET_DIMS, profile, width, hidden)
     conv = SlimResNetFeatures(nf)
     stem = nn.Sequential(conv, nn.Linear(conv.out_features, dim))

@@ -8,7 +8,8 @@ the CMS time axis, docs/hope.md); built by itself the model is an ordinary netwo
 
 Images become patch sequences (Design B): MNIST as 16 tokens of 7x7 patches (or 28 row
 tokens), CIFAR as 64 tokens of 4x4x3 patches or of a small conv stem's 8x8 map. Text enters
-through a token embedding. A learned CLS token is appended *last*, since the layers are
+through a token embedding. A sequence of feature vectors [T, C] (e.g. the spatial tokens of a
+frozen backbone's last feature map) enters through a per-token LayerNorm and a linear projection. A learned CLS token is appended *last*, since the layers are
 causal, and the readout takes it (or the mean over tokens).
 """
 
@@ -23,7 +24,7 @@ from torch import nn
 from clbench.nested.cms import CMSChain
 from clbench.nested.hope.titans import RESET_POLICIES, SelfModifyingTitans
 
-TOKENIZERS = ("patch", "rows", "conv", "embedding")
+TOKENIZERS = ("patch", "rows", "conv", "embedding", "features")
 READOUTS = ("cls", "mean", "tokens")  # tokens: every position (language modelling)
 
 
@@ -73,6 +74,26 @@ class TokenEmbedding(nn.Module):
         return self.embed(check_token_ids(x, self.embed.num_embeddings))
 
 
+class FeatureTokenizer(nn.Module):
+    """Feature vectors [B, T, C] -> parameter-free LayerNorm over C -> linear projection to d_model.
+
+    The norm puts every token on one scale whatever the backbone emits (MobileNetV2's last map
+    is post-ReLU6: non-negative, sparse, magnitudes varying across positions). It has no gain or
+    bias because the projection right after it would absorb them (as in the CMS blocks), so the
+    tokenizer's parameters are exactly the projection's. One projection is shared by all T
+    positions, as the patch embedding is; positions come from HopeFeatures' learned table.
+    """
+
+    def __init__(self, input_shape, d_model: int):
+        super().__init__()
+        self.n_tokens, self.in_dim = input_shape
+        self.norm = nn.LayerNorm(self.in_dim, elementwise_affine=False)
+        self.embed = nn.Linear(self.in_dim, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.norm(x.float()))
+
+
 def check_token_ids(x: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """x as int64, or a clear error when it holds ids the embedding does not have: the data
     was tokenized with another vocabulary than the one the model was built for."""
@@ -85,14 +106,34 @@ def check_token_ids(x: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return ids
 
 
+def input_kind(info) -> str:
+    """What a stream feeds the model: "token_ids" (text), "features" ([T, C] float vectors),
+    "images" ([C, H, W]) or "vector" (one flat vector, e.g. pooled features)."""
+    if "vocab_size" in info.extra:
+        return "token_ids"
+    return {2: "features", 3: "images"}.get(len(info.input_shape), "vector")
+
+
+# the tokenizers each input kind accepts, and how errors name the kind
+ACCEPTS = {"token_ids": ("embedding",), "features": ("features",), "images": ("patch", "rows", "conv")}
+DESCRIBE = {"token_ids": "token ids", "features": "feature tokens [T, C]", "images": "images [C, H, W]"}
+
+
 def make_tokenizer(kind: str, info, d_model: int, patch: int) -> nn.Module:
+    have, shape = input_kind(info), tuple(info.input_shape)
+    if have == "vector":  # nothing to tokenize, whichever tokenizer was asked for
+        raise ValueError(f"scenario {info.name!r} gives one flat vector of shape {shape}; HOPE models need a "
+                         "sequence: images, token ids or feature tokens [T, C] (e.g. scenario.features=tokens)")
+    if kind not in ACCEPTS[have]:
+        raise ValueError(f"tokenizer {kind!r} does not fit scenario {info.name!r}, whose input is "
+                         f"{DESCRIBE[have]} of shape {shape}; valid for it: auto, {', '.join(ACCEPTS[have])}")
     if kind == "embedding":
         extra = info.extra
-        if "vocab_size" not in extra or "max_len" not in extra:
-            raise ValueError(f"tokenizer 'embedding' needs a token stream; scenario {info.name!r} has images")
+        if "max_len" not in extra:
+            raise ValueError(f"tokenizer 'embedding' needs info.extra['max_len']; scenario {info.name!r} has none")
         return TokenEmbedding(extra["vocab_size"], extra["max_len"], d_model)
-    if len(info.input_shape) != 3:
-        raise ValueError(f"tokenizer {kind!r} needs images, scenario {info.name!r} has input shape {info.input_shape}")
+    if kind == "features":
+        return FeatureTokenizer(info.input_shape, d_model)
     if kind == "conv":
         return ConvStemTokenizer(info.input_shape, d_model)
     return PatchTokenizer(info.input_shape, d_model, patch, rows=kind == "rows")

@@ -20,6 +20,7 @@ from clbench.nested.hope.model import (
     CausalAttention,
     HopeBlock,
     HopeFeatures,
+    input_kind,
     make_tokenizer,
 )
 from clbench.nested.hope.titans import RESET_POLICIES, SelfModifyingTitans, TitansOptions
@@ -39,13 +40,17 @@ def default_memory(profile: str) -> str:
 
 
 def _dims(info, profile, d_model, depth, heads):
-    table = FULL_CIFAR if profile == "full" and info.input_shape[-1] == 32 else DIMS[profile]
+    # Feature tokens [T, C] keep DIMS at every profile: a token width of 32 is not a CIFAR image.
+    # At quick, d_model 32 bought +2.6 points over 16 in benchmarks/features_hope_width.md
+    # (3 seeds, overlapping) for 1.1-1.4x the training time, so 16 stays (docs/hope.md).
+    cifar = profile == "full" and input_kind(info) != "features" and info.input_shape[-1] == 32
+    table = FULL_CIFAR if cifar else DIMS[profile]
     return d_model or table[0], depth or table[1], heads or table[2]
 
 
 def _tokenizer_args(info, tokenizer: str, patch: int | None):
-    if tokenizer == "auto":
-        tokenizer = "embedding" if "vocab_size" in info.extra else "patch"
+    if tokenizer == "auto":  # token ids -> embedding, [T, C] feature vectors -> features, images -> patch
+        tokenizer = {"token_ids": "embedding", "features": "features"}.get(input_kind(info), "patch")
     if patch is None:  # MNIST 28x28 -> 16 tokens of 7x7; CIFAR 32x32 -> 64 tokens of 4x4x3
         patch = 7 if len(info.input_shape) == 3 and info.input_shape[-1] == 28 else 4
     return tokenizer, patch
@@ -105,7 +110,7 @@ def validate_hope(**args) -> None:
 
 @register_model(
     "hope",
-    description="HOPE (Design B): patch/token sequence -> [self-modifying Titans + CMS chain] blocks -> CLS "
+    description="HOPE (Design B): patch/token/feature-vector sequence -> [self-modifying Titans + CMS chain] blocks -> CLS "
     "readout -> head; Table 6 ablation flags; multi-head for task-IL",
     validate=validate_hope,
 )
