@@ -133,3 +133,10 @@ def test_feature_width_32_is_not_taken_for_a_cifar_image():
     to be 32-d must keep the general full width."""
     assert find_hope_features(build_hope(TOKENS, "full")).out_features == 128
     assert find_hope_features(build_hope(IMAGES, "full")).out_features == 192
+
+
+def test_text_windows_of_32_ids_are_not_a_cifar_image():
+    """A full-profile text stream with max_len 32 (input shape (32,)) keeps the general width."""
+    text = ScenarioInfo("clinc", "class_il", 5, 150, (32,), [list(range(30))] * 5,
+                        extra={"vocab_size": 50, "max_len": 32})
+    assert find_hope_features(build_hope(text, "full")).out_features == 128

@@ -40,10 +40,10 @@ def default_memory(profile: str) -> str:
 
 
 def _dims(info, profile, d_model, depth, heads):
-    # Feature tokens [T, C] keep DIMS at every profile: a token width of 32 is not a CIFAR image.
+    # Only a 3x32x32 image is CIFAR: feature tokens [T, 32] and text windows of 32 ids are not.
     # At quick, d_model 32 bought +2.6 points over 16 in benchmarks/features_hope_width.md
     # (3 seeds, overlapping) for 1.1-1.4x the training time, so 16 stays (docs/hope.md).
-    cifar = profile == "full" and input_kind(info) != "features" and info.input_shape[-1] == 32
+    cifar = profile == "full" and tuple(info.input_shape) == (3, 32, 32)
     table = FULL_CIFAR if cifar else DIMS[profile]
     return d_model or table[0], depth or table[1], heads or table[2]
 
