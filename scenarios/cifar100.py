@@ -51,11 +51,14 @@ CIFAR_PROFILES = {
         "scenario": {"n_experiences": 10, "train_per_class": 100, "test_per_class": 50},
         "train": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 1, "train_mb_size": 32, "eval_mb_size": 256},
     },
-    # Mammoth / X-DER (Boschini et al. 2022) class-IL protocol: 50 epochs, SGD
-    # lr 0.1, batch 32, ResNet-18 (here Avalanche's reduced ResNet-18). GPU only.
+    # Mammoth seq-cifar100 (Buzzega et al. 2020; Boschini et al. 2022, X-DER Table I):
+    # ResNet-18 (nf=64), 50 epochs, batch 32, SGD lr 0.1 (momentum 0, weight decay 0),
+    # MultiStepLR [35, 45] x 0.2 reset every task, crop+flip augmentation. GPU only.
+    # Per-method lr / buffer settings: suites/cifar_full.toml (docs/cifar_scratch.md).
     "full": {
         "scenario": {"n_experiences": 10},
-        "train": {"optimizer": "sgd", "lr": 0.1, "epochs": 50, "train_mb_size": 32, "eval_mb_size": 512},
+        "train": {"model": "resnet18", "plugins": ["crop_flip", "multistep_lr"], "optimizer": "sgd", "lr": 0.1,
+                  "momentum": 0.0, "weight_decay": 0.0, "epochs": 50, "train_mb_size": 32, "eval_mb_size": 512},
     },
 }
 
