@@ -146,3 +146,31 @@ def test_multistep_lr_steps_per_epoch_and_resets_every_experience(tmp_path):
     for exp in stream.to_benchmark().train_stream:
         strategy.train(exp)
     assert seen == [0.8, 0.4, 0.4, 0.2] * 2
+
+
+def test_der_plugins_see_the_replayed_rows(tmp_path):
+    """crop_flip must augment DER's replayed samples too (as Mammoth does): before_forward sees them."""
+    from avalanche.core import SupervisedPlugin
+
+    from clbench.registry import SCENARIOS
+    from clbench.runner import build_strategy
+    from clbench.scenarios.validation import build_stream
+    from tests.test_datasets import write_cifar_pickles
+
+    write_cifar_pickles(tmp_path, bytes_keys=True, per_class=2)
+    cfg = resolve_config("split_cifar100", "der", profile="smoke", overrides={
+        "scenario.n_experiences": 2, "model": "conv4", "train_mb_size": 8,
+        "strategy.mem_size": 10, "strategy.batch_size_mem": 4,
+    })
+    stream = build_stream(SCENARIOS.get("split_cifar100"), cfg.scenario_args, "smoke", 0, tmp_path, False)
+    sizes = []
+
+    class Recorder(SupervisedPlugin):
+        def before_forward(self, strategy, **kwargs):
+            sizes.append((strategy.clock.train_exp_counter, len(strategy.mbatch[0])))
+
+    _, strategy = build_strategy(cfg, stream, torch.device("cpu"))
+    strategy.plugins.append(Recorder())
+    for exp in stream.to_benchmark().train_stream:
+        strategy.train(exp)
+    assert {n for e, n in sizes if e == 0} <= {8, 4} and max(n for e, n in sizes if e == 1) == 8 + 4
