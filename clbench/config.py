@@ -40,6 +40,8 @@ class TrainConfig:
     epochs: int = 1
     train_mb_size: int = 128
     eval_mb_size: int = 1024
+    # bf16 autocast of the training forward pass, CUDA only (clbench.cifar_train.AmpPlugin).
+    amp: bool = False
 
 
 @dataclass
@@ -71,6 +73,8 @@ class RunConfig:
         d.pop("seed")
         if not d["tuning"]:
             d.pop("tuning")  # untuned cells keep the hashes they had before tuning existed
+        if not d["train"]["amp"]:
+            d["train"].pop("amp")  # likewise cells from before train.amp existed
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 

@@ -115,5 +115,46 @@ def build_slim_resnet18(info, profile: str, nf: int = 20) -> nn.Module:
     return with_head(features, features.out_features, info)
 
 
+@register_model(
+    "resnet18",
+    description="ResNet-18 for 32x32 RGB, nf=64 (about 11M parameters): Mammoth's seq-cifar100 backbone; multi-head for task-IL",
+)
+def build_resnet18(info, profile: str) -> nn.Module:
+    # Avalanche's SlimResNet18 at nf=64 is layer for layer Mammoth's backbone/ResNet18.py
+    # resnet18(nf=64): 3x3 stem at stride 1, no max-pool, BasicBlocks [2, 2, 2, 2] at
+    # widths 64/128/256/512, 4x4 average pool, one linear layer (docs/cifar_scratch.md).
+    features = SlimResNetFeatures(nf=64)
+    return with_head(features, features.out_features, info)
+
+
+class Conv4Features(nn.Module):
+    """Four blocks of 3x3 conv (64 channels) + BatchNorm + ReLU + 2x2 max-pool: 32x32 -> 2x2x64.
+
+    The "Conv-4" of Vinyals et al. (2016). About 14M multiply-adds per image against
+    ResNet-18's 0.56G, so a multi-epoch Split CIFAR-100 cell fits minutes on one CPU core.
+    """
+
+    def __init__(self, channels: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 3
+        for _ in range(4):
+            layers += [nn.Conv2d(width, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(), nn.MaxPool2d(2)]
+            width = channels
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.out_features = channels * 2 * 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.view(x.size(0), 3, 32, 32))
+
+
+@register_model("conv4", description="Conv-4: 4 x (conv 3x3, 64 ch, BN, ReLU, max-pool) for 32x32 RGB; the CPU quick model of Split CIFAR-100")
+def build_conv4(info, profile: str, channels: int = 64) -> nn.Module:
+    if channels < 1:
+        raise ValueError(f"conv4 needs channels >= 1, got {channels}")
+    features = Conv4Features(channels)
+    return with_head(features, features.out_features, info)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

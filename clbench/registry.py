@@ -201,6 +201,7 @@ def _load_all() -> None:
     _loaded = True
     importlib.import_module("clbench.models")
     importlib.import_module("clbench.anchor_models")
+    importlib.import_module("clbench.cifar_train")
     importlib.import_module("clbench.text_models")
     importlib.import_module("clbench.text_encoder")
     importlib.import_module("clbench.optimizers")

@@ -77,13 +77,18 @@ class StrategyContext:
         """Keyword arguments shared by all Avalanche templates (all passed explicitly:
         Avalanche's defaults are train_mb_size=1 and device='cpu', §0.9)."""
         t = self.config.train
+        amp = []
+        if t.amp:
+            from clbench.cifar_train import amp_plugin
+
+            amp = [amp_plugin(self.device)]
         kwargs: dict[str, Any] = dict(
             optimizer=self.optimizer(),
             train_mb_size=t.train_mb_size,
             train_epochs=t.epochs,
             eval_mb_size=t.eval_mb_size,
             device=self.device,
-            plugins=[NonFiniteLossGuard(), *self.extra_plugins, *(plugins or [])],
+            plugins=[NonFiniteLossGuard(), *self.extra_plugins, *(plugins or []), *amp],
             evaluator=silent_evaluator(),
         )
         if with_model:

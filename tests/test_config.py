@@ -41,7 +41,9 @@ def test_config_hash_ignores_seed_but_not_hyperparameters():
 
 def test_model_auto_resolves_per_scenario():
     assert resolve_config("pmnist", "naive").model == "mlp"
-    assert resolve_config("split_cifar100", "naive").model == "slim_resnet18"
+    assert resolve_config("split_cifar100", "naive", profile="smoke").model == "slim_resnet18"
+    assert resolve_config("split_cifar100", "naive").model == "conv4"  # the quick profile names it
+    assert resolve_config("split_cifar100", "naive", profile="full").model == "resnet18"  # the profile names it
 
 
 @pytest.mark.parametrize(
