@@ -28,7 +28,7 @@ from clbench.vision import backbone as bb
 from clbench.vision.features import KINDS, FeatureTable, feature_shape
 
 # Chosen from benchmarks/cifar_resolution.md (probe accuracy against cost per image).
-DEFAULT_RESOLUTION = 128
+DEFAULT_RESOLUTION = 160
 MIN_RESOLUTION = 64
 
 _TRAIN = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "epochs": 1, "train_mb_size": 32, "eval_mb_size": 512}

@@ -43,8 +43,8 @@ from clbench.vision import backbone as bb
 
 log = logging.getLogger(__name__)
 KINDS = ("pooled", "tokens")
-# Token maps are 16x bigger than pooled vectors (16 tokens at 128 px): float16 halves the
-# 60k-image table (2.5 GB instead of 4.9 GB). Rounding is applied in memory-only mode too,
+# Token maps are 25x bigger than pooled vectors (25 tokens at 160 px): float16 halves the
+# 60k-image table (3.8 GB instead of 7.7 GB). Rounding is applied in memory-only mode too,
 # so the values do not depend on whether the cache is on.
 STORE_DTYPE = {"pooled": np.float32, "tokens": np.float16}
 CHUNK = 64  # rows computed between two looks at what other workers wrote
