@@ -19,7 +19,6 @@ bytes with their shape: exactly what the in-memory cache would hold.
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -27,14 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CACHE_ENV = "CLBENCH_CACHE"
-
-
-def cache_root() -> Path | None:
-    value = os.environ.get(CACHE_ENV, "")
-    if value.lower() == "off":
-        return None
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "clbench"
+from clbench.cache_dir import CACHE_ENV, cache_root  # noqa: F401  (re-exported)
 
 
 class DiskStore:

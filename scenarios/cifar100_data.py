@@ -68,10 +68,12 @@ class Cifar100Split:
         return int(self.x.shape[0])
 
 
-def resolve_cache_dir() -> Path:
-    """Where decoded arrays are cached: `$CLBENCH_CACHE`, else `~/.cache/clbench`."""
-    from_env = os.environ.get("CLBENCH_CACHE", "").strip()
-    return Path(from_env).expanduser() if from_env else Path.home() / ".cache" / "clbench"
+def resolve_cache_dir() -> Path | None:
+    """Where decoded arrays are cached: `$CLBENCH_CACHE`, else `~/.cache/clbench`; None for
+    `CLBENCH_CACHE=off` (nothing is written)."""
+    from clbench.cache_dir import cache_root
+
+    return cache_root()
 
 
 def load_cifar100(root: str | os.PathLike, split: str, *, download: bool) -> Cifar100Split:
@@ -187,13 +189,14 @@ def sha256_of(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
-def _cache_path(split: str, sha: str) -> Path:
-    return resolve_cache_dir() / "cifar100" / f"{split}-{sha}.npy"
+def _cache_path(split: str, sha: str) -> Path | None:
+    root = resolve_cache_dir()
+    return None if root is None else root / "cifar100" / f"{split}-{sha}.npy"
 
 
-def _read_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+def _read_cache(path: Path | None, shape: tuple[int, ...]) -> np.ndarray | None:
     """The cached array, or None when absent or unusable (it is then rebuilt)."""
-    if not path.is_file():
+    if path is None or not path.is_file():
         return None
     try:
         array = np.load(path, allow_pickle=False)
@@ -243,7 +246,8 @@ def _offline_images(offline_dir: Path, meta: dict[str, Any], split: str) -> np.n
             f"CIFAR-100 {split} sprites under {offline_dir} decode to SHA-256 {actual_sha}, "
             f"but meta.json expects {expected_sha}; the copy is damaged or from another version"
         )
-    _write_cache(cache_path, images)
+    if cache_path is not None:
+        _write_cache(cache_path, images)
     return images
 
 

@@ -54,7 +54,7 @@ def verify_files(root: Path, paths: Iterable[Path], *, sha256: Mapping[str, str 
 
 def _verify_one(path: Path, algorithm: str, accepted: tuple[str, ...], gunzip: bool) -> None:
     stamp_file, stamp = _stamp(path, algorithm, accepted)
-    if _read(stamp_file) == stamp:
+    if stamp_file is not None and _read(stamp_file) == stamp:
         return
     actual = _digest(path, algorithm, gunzip)
     if actual not in accepted:
@@ -62,7 +62,8 @@ def _verify_one(path: Path, algorithm: str, accepted: tuple[str, ...], gunzip: b
             f"{path} is corrupt: its {algorithm.upper()} is {actual}, the recorded sum is {' or '.join(accepted)} "
             "(a damaged or partial copy, or another version); delete it and download it again"
         )
-    _write(stamp_file, stamp)
+    if stamp_file is not None:
+        _write(stamp_file, stamp)
 
 
 def _digest(path: Path, algorithm: str, gunzip: bool) -> str:
@@ -81,13 +82,15 @@ def _digest(path: Path, algorithm: str, gunzip: bool) -> str:
     return digest.hexdigest()
 
 
-def _stamp(path: Path, algorithm: str, accepted: tuple[str, ...]) -> tuple[Path, str]:
-    from .cifar100_data import resolve_cache_dir
+def _stamp(path: Path, algorithm: str, accepted: tuple[str, ...]) -> tuple[Path | None, str]:
+    """(stamp file, its expected text); no file with CLBENCH_CACHE=off (then every load re-hashes)."""
+    from clbench.cache_dir import cache_root
 
     resolved = path.resolve()
     st = resolved.stat()
     name = hashlib.sha256(str(resolved).encode()).hexdigest()[:32]
-    return (resolve_cache_dir() / "verified" / f"{name}.txt",
+    root = cache_root()
+    return (None if root is None else root / "verified" / f"{name}.txt",
             f"{resolved}\n{st.st_size} {st.st_mtime_ns} {algorithm}:{','.join(accepted)}\n")
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clbench.text_cache import cache_root
+from clbench.cache_dir import cache_root
 from clbench.vision import backbone as bb
 
 log = logging.getLogger(__name__)
