@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clbench.errors import ConfigError
 from clbench.models import MultiHeadNet, count_parameters
@@ -13,6 +12,8 @@ from clbench.nested.hope.zoo import build_hope, build_hope_attention, build_tran
 from clbench.resolve import resolve_config
 from clbench.runner import run_cell
 from clbench.scenarios.stream import ScenarioInfo
+
+from .fitting import fit_fixed_batch
 
 MNIST = ScenarioInfo("pmnist", "domain_il", 3, 10, (1, 28, 28), [list(range(10))] * 3)
 CIFAR = ScenarioInfo("split_cifar100", "class_il", 10, 100, (3, 32, 32), [list(range(10))] * 10)
@@ -56,15 +57,8 @@ def test_hope_overfits_a_tiny_fixed_stream():
     torch.manual_seed(0)
     model = build_hope(MNIST, "smoke")
     x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(120):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        first = first if first is not None else loss.item()
-    assert first > 2.0 and loss.item() < 0.3, (first, loss.item())
+    first, last = fit_fixed_batch(model, x, y, steps=120)
+    assert first > 2.0 and last < 0.3, (first, last)
 
 
 @pytest.mark.parametrize("overrides, match", [

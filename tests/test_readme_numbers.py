@@ -18,6 +18,15 @@ def test_readme_tables_equal_what_the_committed_reports_give():
     assert render_blocks(text, ROOT) == text, "README differs from the committed report: run `make readme`"
 
 
+def test_findings_tables_equal_their_reports():
+    """A FINDINGS.md may carry generated blocks too (paths relative to its folder)."""
+    findings = [p for p in sorted((ROOT / "reports").glob("*/FINDINGS.md")) if BLOCK.search(p.read_text())]
+    assert findings, "no FINDINGS.md with a generated table"
+    for path in findings:
+        text = path.read_text()
+        assert render_blocks(text, path.parent) == text, f"{path} differs from its report: run `make readme`"
+
+
 def test_a_hand_edited_number_is_caught(tmp_path):
     text = (ROOT / "README.md").read_text()
     block = BLOCK.search(text)

@@ -25,7 +25,8 @@ from clbench.report.display import NA, fmt_number, fmt_p
 
 BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- END generated -->)", re.S)
 SCENARIO_NAMES = {"pmnist": "P-MNIST", "split_mnist": "Split MNIST", "rotated_mnist": "Rotated MNIST",
-                  "split_cifar100": "Split CIFAR-100", "clinc150": "CLINC150", "banking77": "Banking77"}
+                  "split_cifar100": "Split CIFAR-100",
+                  "split_cifar100_features": "CIFAR-100 features", "clinc150": "CLINC150", "banking77": "Banking77"}
 METRICS = (("acc", "ACC (%)"), ("forgetting", "forgetting (pp)"), ("plasticity", "plasticity (%)"))
 
 

@@ -260,10 +260,15 @@ if __name__ == "__main__":
 
     from clbench.scenarios.datasets import resolve_data_root
 
-    p = argparse.ArgumentParser(description="Fill the CIFAR-100 feature cache ($CLBENCH_CACHE/features)")
-    p.add_argument("--resolution", type=int, required=True)
-    p.add_argument("--kind", default="pooled", choices=KINDS)
+    from clbench.scenarios.cifar100_features import DEFAULT_RESOLUTION
+
+    p = argparse.ArgumentParser(description="Fill the CIFAR-100 feature cache ($CLBENCH_CACHE/features) "
+                                "ahead of a suite; prints one JSON line per kind with its wall time")
+    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
+    p.add_argument("--kind", default="pooled", choices=(*KINDS, "both"))
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO)
-    print(json.dumps(fill_cifar(a.resolution, a.kind, data_root=resolve_data_root(), workers=a.workers)))
+    for kind in KINDS if a.kind == "both" else (a.kind,):
+        done = fill_cifar(a.resolution, kind, data_root=resolve_data_root(), workers=a.workers)
+        print(json.dumps({"resolution": a.resolution, "kind": kind, "workers": a.workers, **done}), flush=True)
