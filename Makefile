@@ -74,6 +74,7 @@ bench-cifar: install
 	mkdir -p runs/cifar
 	$(BIN)/python -m clbench.vision.features --kind both --workers $(JOBS) | tee runs/cifar/feature_cache.jsonl
 	$(BIN)/clbench bench suites/cifar_quick.toml --tuned suites/cifar_quick.tuned.toml --out runs/cifar --jobs $(JOBS) --report reports/cifar
+	$(BIN)/python -m clbench.report.controls reports/cifar hope:transformer_matched cms:naive ranpac:ncm
 	$(BIN)/clbench bench suites/cifar_scratch_quick.toml --out runs/cifar_scratch --jobs $(JOBS) --report reports/cifar/scratch
 
 # Regenerate suites/cifar_quick.tuned.toml as `make tune` does for the default suite.
