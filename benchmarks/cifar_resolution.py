@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clbench.cache_dir import cache_root
 from clbench.registry import SCENARIOS
 from clbench.scenarios.cifar100_data import load_cifar100
 from clbench.scenarios.cifar100_features import DEFAULT_RESOLUTION, CifarFeatureOptions
 from clbench.scenarios.datasets import resolve_data_root
-from clbench.cache_dir import cache_root
 from clbench.vision import backbone as bb
 from clbench.vision.features import cifar_table, fill_cifar
 

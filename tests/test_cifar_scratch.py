@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clbench.cifar_train import AmpPlugin, CropFlipPlugin, CropFlipParams, amp_plugin, crop_flip
+from clbench.cifar_train import AmpPlugin, CropFlipParams, CropFlipPlugin, amp_plugin, crop_flip
 from clbench.config import RunConfig
 from clbench.errors import ConfigError
 from clbench.models import count_parameters
@@ -124,9 +124,9 @@ def test_multistep_lr_steps_per_epoch_and_resets_every_experience(tmp_path):
     """Mammoth rebuilds optimizer and scheduler every task: lr per epoch is the same list each experience."""
     from avalanche.core import SupervisedPlugin
 
+    from clbench.registry import SCENARIOS
     from clbench.runner import build_strategy
     from clbench.scenarios.validation import build_stream
-    from clbench.registry import SCENARIOS
     from tests.test_datasets import write_cifar_pickles
 
     write_cifar_pickles(tmp_path, bytes_keys=True, per_class=2)

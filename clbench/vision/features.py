@@ -258,9 +258,8 @@ def fill_cifar(resolution: int, kind: str = "pooled", *, data_root, workers: int
 if __name__ == "__main__":
     import argparse
 
-    from clbench.scenarios.datasets import resolve_data_root
-
     from clbench.scenarios.cifar100_features import DEFAULT_RESOLUTION
+    from clbench.scenarios.datasets import resolve_data_root
 
     p = argparse.ArgumentParser(description="Fill the CIFAR-100 feature cache ($CLBENCH_CACHE/features) "
                                 "ahead of a suite; prints one JSON line per kind with its wall time")
