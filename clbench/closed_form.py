@@ -77,10 +77,6 @@ class ClosedFormHead(nn.Module):
         out = self.scores(self.embed(x))
         return out.masked_fill(~self.seen, float("-inf")).float()
 
-    def stored_values(self) -> int:
-        """How many numbers the head keeps (its buffers): the method's memory, reported by the runner."""
-        return sum(b.numel() for b in self.buffers())
-
 
 class ClosedFormTemplate(SupervisedTemplate):
     """One statistics pass per experience, then `model.finalise()`; see the module docstring."""
@@ -132,10 +128,3 @@ def closed_form_template(ctx, head: ClosedFormHead) -> ClosedFormTemplate:
     if ctx.info.scenario_type == "task_il":  # resolve_config refuses this first; direct callers get it here
         raise ValueError("closed-form strategies support class_il and domain_il scenarios, not task_il")
     return ClosedFormTemplate(model=head, criterion=nn.CrossEntropyLoss(), **ctx.template_kwargs(with_model=False))
-
-
-def input_features(info) -> int:
-    n = 1
-    for d in info.input_shape:
-        n *= d
-    return n

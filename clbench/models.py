@@ -9,6 +9,8 @@ the optimizer mid-run, see avalanche_and_anchors.md §0.3).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from avalanche.models import MultiTaskModule
 from avalanche.models.slim_resnet18 import SlimResNet18
@@ -87,10 +89,7 @@ def build_mlp(info, profile: str, hidden: int | None = None, layers: int = 2) ->
     hidden = hidden or MLP_HIDDEN[profile]
     if hidden < 1 or layers < 1:
         raise ValueError(f"mlp needs hidden >= 1 and layers >= 1, got hidden={hidden}, layers={layers}")
-    in_features = 1
-    for d in info.input_shape:
-        in_features *= d
-    return with_head(mlp_features(in_features, hidden, layers), hidden, info)
+    return with_head(mlp_features(math.prod(info.input_shape), hidden, layers), hidden, info)
 
 
 class SlimResNetFeatures(nn.Module):

@@ -11,12 +11,13 @@ experience (domain-IL) is averaged over all its samples. See docs/closed_form.md
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from clbench.closed_form import ClosedFormHead, closed_form_template, input_features
+from clbench.closed_form import ClosedFormHead, closed_form_template
 from clbench.registry import register_strategy
 
 METRICS = ("cosine", "euclidean")
@@ -61,4 +62,4 @@ class NCMParams:
     defaults={"*": {"train.epochs": 1}},  # one statistics pass is the method
 )
 def build(ctx):
-    return closed_form_template(ctx, NCMHead(input_features(ctx.info), ctx.info.n_classes, ctx.params.metric))
+    return closed_form_template(ctx, NCMHead(math.prod(ctx.info.input_shape), ctx.info.n_classes, ctx.params.metric))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clbench.closed_form import ClosedFormHead, closed_form_template, input_features
+from clbench.closed_form import ClosedFormHead, closed_form_template
 from clbench.registry import register_strategy
 
 RIDGE_GRID = tuple(10.0 ** k for k in range(-8, 14))  # the grid of the paper's code (np.arange(-8, 14))
@@ -141,5 +141,5 @@ class RanPACParams:
 )
 def build(ctx):
     p = ctx.params
-    head = RanPACHead(input_features(ctx.info), ctx.info.n_classes, p.projection_dim, p.ridge, ctx.config.seed)
+    head = RanPACHead(math.prod(ctx.info.input_shape), ctx.info.n_classes, p.projection_dim, p.ridge, ctx.config.seed)
     return closed_form_template(ctx, head)

@@ -54,7 +54,7 @@ def test_weights_are_copied_from_the_data_root_with_their_hash_checked(tmp_path,
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     path, sha = bb.ensure_weights(ROOT, download=False)
     assert path == tmp_path / "hub" / "hub" / "checkpoints" / bb.WEIGHTS_FILE and path.is_file()
-    assert sha.startswith(bb.HASH_PREFIX) and sha == bb.file_sha256(WEIGHTS)
+    assert sha.startswith(bb.HASH_PREFIX) and sha == bb.sha256_file(WEIGHTS)
 
 
 def test_missing_weights_offline_name_both_places(tmp_path, monkeypatch):
@@ -146,7 +146,7 @@ def test_a_cache_of_another_resolution_backbone_build_or_image_set_is_not_reused
     assert table(images.flip(0)).ensure(ROWS) == len(ROWS)
     monkeypatch.setattr(torch, "__version__", "0.0.0-other")
     assert table(images).ensure(ROWS) == len(ROWS)
-    monkeypatch.setattr(bb, "file_sha256", lambda path: bb.HASH_PREFIX + "0" * 56)  # other weights, same prefix
+    monkeypatch.setattr(bb, "sha256_file", lambda path: bb.HASH_PREFIX + "0" * 56)  # other weights, same prefix
     other = table(images)
     assert other.folder != base.folder and other.ensure(ROWS) == len(ROWS)
     assert len(list((tmp_path / "features").iterdir())) == 6
@@ -189,7 +189,7 @@ def test_stream_matches_split_cifar100_and_describes_its_features():
     assert feats.info.scenario_type == "class_il" and SCENARIOS.get("split_cifar100_features").default_model == "mlp"
     info = feats.info.extra["features"]
     assert info == {
-        "backbone": "mobilenet_v2", "weights": {"file": bb.WEIGHTS_FILE, "sha256": bb.file_sha256(WEIGHTS)},
+        "backbone": "mobilenet_v2", "weights": {"file": bb.WEIGHTS_FILE, "sha256": bb.sha256_file(WEIGHTS)},
         "resolution": DEFAULT_RESOLUTION, "kind": "pooled", "n_tokens": 1, "dim": 1280, "augmentation": "none",
     }
 

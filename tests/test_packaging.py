@@ -3,8 +3,9 @@ missing one anyway, but a wheel (pip install ., Ray's runtime env) would ship wi
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

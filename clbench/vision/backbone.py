@@ -17,7 +17,6 @@ derived by clbench.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -35,17 +34,17 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
+def sha256_file(path: Path) -> str:
+    # The data loaders' hasher; imported here because scenarios.download imports the scenario
+    # package, whose CIFAR feature stream imports this module.
+    from clbench.scenarios.download import sha256_file as sha256
+
+    return sha256(path)
+
+
 def hub_checkpoint() -> Path:
     """Where torchvision looks for the weights (torch.hub.get_dir() honours $TORCH_HOME)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ensure_weights(data_root: Path, download: bool) -> tuple[Path, str]:
@@ -62,7 +61,7 @@ def ensure_weights(data_root: Path, download: bool) -> tuple[Path, str]:
                 f"refusing MobileNetV2 weights {src}: SHA-256 does not start with {HASH_PREFIX} ({exc})"
             ) from None
     if dst.is_file():
-        sha = file_sha256(dst)
+        sha = sha256_file(dst)
         if not sha.startswith(HASH_PREFIX):
             raise CorruptDataError(
                 f"refusing MobileNetV2 weights {dst}: SHA-256 {sha[:16]}... does not start with "
@@ -91,7 +90,7 @@ def load_backbone(name: str, data_root: Path, download: bool) -> tuple[nn.Module
             f"MobileNetV2 weights {WEIGHTS_FILE} could not be downloaded to {path} ({exc}); "
             f"put the file at {Path(data_root) / 'weights' / WEIGHTS_FILE}"
         ) from None
-    sha = sha or file_sha256(path)  # downloaded just now, hash-checked by torch.hub
+    sha = sha or sha256_file(path)  # downloaded just now, hash-checked by torch.hub
     features = model.features.eval().requires_grad_(False)
     return features, sha
 
