@@ -30,8 +30,13 @@ CASES = [
     {},
     {"memory": "linear"},
     {"dgd": False},
-    {"momentum": True},
-    {"memory": "linear", "momentum": True, "dgd": False},
+    {"momentum": False},
+    {"momentum_form": "inner"},
+    {"memory": "linear", "dgd": False},
+    {"memory": "linear", "momentum_form": "inner", "dgd": False},
+    {"normalize_v": False},
+    {"w1_step": "plain"},
+    {"w1_step": "plain", "momentum": False},
     {"retention": False},
     {"adaptive_k": False, "adaptive_v": False},
     {"adaptive_q": True},
@@ -74,18 +79,18 @@ def test_alpha_one_eta_zero_leaves_every_state_unchanged(memory):
     layer, x = make_layer(memory=memory), inputs()
     layer.rates = lambda e, a: (torch.zeros_like(e[..., 0]), torch.ones_like(a[..., 0]))
     with torch.no_grad():
-        z = layer.projected_inputs(x)
+        z, mu = layer.projected_inputs(x), layer.momentum_gates(x)
         start = layer.start_states(x.shape[0])
-        k, v, q, eta, alpha, proj_final = layer.generate(z, start["proj"])
+        k, v, q, eta, alpha, proj_final = layer.generate(z, start["proj"], mu)
         for name, value in proj_final.items():
             assert torch.equal(value, start["proj"][name]), name
-        main_final, o = layer.main_memory.chunk_update(start["main"], k, v, eta, alpha, q)
+        main_final, o = layer.main_memory.chunk_update(start["main"], k, v, eta, alpha, q, mu)
         for name, value in main_final.items():
             assert torch.allclose(value, start["main"][name], atol=1e-14), name
         assert torch.allclose(o, layer.main_memory.read(start["main"], q), atol=1e-12)
 
 
-@pytest.mark.parametrize("options", [{}, {"memory": "linear", "momentum": True}])
+@pytest.mark.parametrize("options", [{}, {"memory": "linear", "momentum_form": "inner"}])
 def test_causality(options):
     layer, x = make_layer(**options), inputs(t=12)
     with torch.no_grad():
@@ -112,14 +117,14 @@ def test_head_independence(memory):
     layer, x = make_layer(memory=memory), inputs()
     bank = layer.main_memory
     with torch.no_grad():
-        z = layer.projected_inputs(x)
+        z, mu = layer.projected_inputs(x), layer.momentum_gates(x)
         start = layer.start_states(x.shape[0])
-        k, v, q, eta, alpha, _ = layer.generate(z, start["proj"])
-        _, o = bank.chunk_update(start["main"], k, bank.read(start["main"], v), eta, alpha, q)
+        k, v, q, eta, alpha, _ = layer.generate(z, start["proj"], mu)
+        _, o = bank.chunk_update(start["main"], k, bank.read(start["main"], v), eta, alpha, q, mu)
         for p in bank.parameters():
             p[1] += 0.5
         start = layer.start_states(x.shape[0])
-        _, o2 = bank.chunk_update(start["main"], k, bank.read(start["main"], v), eta, alpha, q)
+        _, o2 = bank.chunk_update(start["main"], k, bank.read(start["main"], v), eta, alpha, q, mu)
     assert torch.allclose(o[:, 0], o2[:, 0], atol=1e-14)  # head-major: [B, heads, T, dh]
     assert not torch.allclose(o[:, 1], o2[:, 1])
 
@@ -144,7 +149,7 @@ def test_without_dgd_the_linear_memory_is_a_gated_delta_rule():
     decay the state, correct the value with the decayed state, add k (x) correction."""
     torch.manual_seed(3)
     b, t, g, d = 2, 7, 3, 4
-    memory = LinearMemory(g, d, InnerRule(dgd=False)).double()
+    memory = LinearMemory(g, d, InnerRule(dgd=False, momentum=False)).double()
     k = torch.nn.functional.normalize(torch.randn(b, g, t, d, **F64), dim=-1)  # head-major
     targets, q = torch.randn(b, g, t, d, **F64), torch.randn(b, g, t, d, **F64)
     eta, alpha = torch.rand(b, g, t, **F64) * 0.5, 0.5 + 0.5 * torch.rand(b, g, t, **F64)

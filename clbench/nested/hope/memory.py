@@ -21,8 +21,10 @@ floor index of §6.3, so the whole chunk's gradients are matmuls). Update rule, 
 Kernels (one dispatch each; Triton on CUDA, the PyTorch closed forms on CPU): a linear
 memory's chunk is one `clbench.kernels.dgd_rule` step (K1), an MLP memory's chunk one
 `clbench.kernels.mlp_memory` call (K2: forward at the chunk-start weights, hand backprop,
-both writes). With momentum there is no closed form together with the DGD term (§9.2 K2):
-a token loop over the chunk-start gradients runs instead (`momentum_rule`).
+both writes). With momentum (the paper's full model, Table 6) each state matrix's chunk is
+one `clbench.kernels.dgd_momentum` step: the Titans form (forget gate outside the momentum,
+a data-dependent momentum gate mu_t from the layer) has a closed form like K1's; the older
+"inner" form (retention inside the momentum, one static gate per memory) runs its token loop.
 
 Linear memory: M(z) = M z, state S [K, V] = M^T.
 MLP memory (Eq. 89/91): M(z) = z + W1 silu(W2 z), state (S2 = W2^T [d, h], S1 = W1^T [h, d]).
@@ -39,11 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clbench.kernels.dgd_momentum import dgd_momentum_step, inner_momentum_naive
 from clbench.kernels.dgd_rule import dgd_rule_step
 from clbench.kernels.mlp_memory import mlp_memory
 
 # TitansOptions.kernels -> the `impl` of the kernel dispatches (dgd_rule, mlp_memory)
 KERNEL_CHOICES = {"auto": "auto", "reference": "chunk", "triton": "triton"}
+MOMENTUM_FORMS = ("titans", "inner")
+W1_STEPS = ("normalized", "plain")
 
 
 @dataclass(frozen=True)
@@ -51,19 +56,24 @@ class InnerRule:
     """How every memory of a layer learns in context (Table 6 ablations switch these)."""
 
     dgd: bool = True  # the -eta k k^T S term (off: plain GD with retention, "w/o DGD")
-    momentum: bool = False  # Titans-style momentum over the update (on: the paper's Table 6 model)
+    momentum: bool = True  # momentum over the update (the paper's Table 6 model has it)
+    momentum_form: str = "titans"  # titans: gate mu_t per token, retention outside | inner (see module doc)
+    w1_step: str = "normalized"  # MLP memories: W1's step eta / max(1, ||a||^2) | plain eta (w1_step())
     stop_grad_writes: bool = False  # D10: detach what is written (reads stay differentiable)
     kernels: str = "auto"  # not semantics, only where it runs: see KERNEL_CHOICES
 
 
-def w1_step(eta: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """W1's step size: eta / max(1, ||silu(W2 k)||^2), a normalised-LMS step.
+def w1_step(eta: torch.Tensor, hidden: torch.Tensor, rule: str = "normalized") -> torch.Tensor:
+    """W1's step size: eta / max(1, ||silu(W2 k)||^2), a normalised-LMS step ("plain": eta).
 
     W1's keys are hidden activations, not unit vectors: one plain step moves that token's
     output by eta ||a||^2 times its error, which diverges once ||a||^2 > 2 / eta (the outer
     loop can grow W2 that far). Normalising keeps every inner step contractive; it changes
-    nothing while ||a|| <= 1. Our choice [U]: the paper leaves the MLP memory's steps open.
+    nothing while ||a|| <= 1. Our choice [U]: the paper leaves the MLP memory's steps open, so
+    the literal form ("plain": the same eta as W2) is the option `model.w1_step=plain`.
     """
+    if rule == "plain":
+        return eta
     return eta / hidden.pow(2).sum(-1).clamp_min(1.0)
 
 
@@ -72,46 +82,27 @@ def silu_grad(z: torch.Tensor) -> torch.Tensor:
     return s * (1 + z * (1 - s))
 
 
-def momentum_rule(q, k, w, eta, alpha, mu, s0, m0, *, dgd: bool):
-    """The update rule plus momentum, token by token (no closed form exists with DGD).
-
-    Without momentum a token would move the state by delta_t = (alpha_t - 1) S_{t-1}
-    - eta_t k_t k_t^T S_{t-1} + eta_t k_t w_t^T; with it, m_t = mu m_{t-1} + delta_t and
-    S_t = S_{t-1} + m_t (mu = 0 gives the plain rule back). Reads are S_{t-1}^T q_t.
-    Shapes as `dgd_rule_one_chunk` (head-major); mu: [G] per group. Returns (o, S_T, m_T).
-    """
-    s, m, outputs = s0, m0, []
-    mu = mu.view(1, -1, 1, 1)
-    for t in range(k.shape[2]):
-        kt, wt = k[:, :, t], w[:, :, t]
-        outputs.append(torch.einsum("bgk,bgkv->bgv", q[:, :, t], s))
-        a, e = alpha[:, :, t, None, None], eta[:, :, t, None, None]
-        delta = (a - 1) * s + e * kt[..., :, None] * wt[..., None, :]
-        if dgd:
-            delta = delta - e * kt[..., :, None] * torch.einsum("bgk,bgkv->bgv", kt, s)[..., None, :]
-        m = mu * m + delta
-        s = s + m
-    return torch.stack(outputs, dim=2), s, m
-
-
 class MemoryBank(nn.Module):
     """Shared plumbing: per-group momentum decay and the write step through the rule."""
 
     def __init__(self, groups: int, dim: int, rule: InnerRule):
         super().__init__()
         self.groups, self.dim, self.rule = groups, dim, rule
-        # Momentum decay mu = sigmoid(logit) per group; static (outer level) for simplicity:
-        # Titans makes it data-dependent, the paper does not say [U].
-        self.momentum_logit = nn.Parameter(torch.zeros(groups)) if rule.momentum else None
+        # The inner form's gate: mu = sigmoid(logit), one static (outer-level) value per memory.
+        # The Titans form's gate mu_t is data-dependent and comes from the layer with eta, alpha.
+        inner = rule.momentum and rule.momentum_form == "inner"
+        self.momentum_logit = nn.Parameter(torch.zeros(groups)) if inner else None
 
-    def self_update(self, state, keys, values, eta, alpha, queries):
+    def self_update(self, state, keys, values, eta, alpha, queries, mu=None):
         """chunk_update with self-generated targets M(values) read at the chunk-start state."""
-        return self.chunk_update(state, keys, self.read(state, values), eta, alpha, queries)
+        return self.chunk_update(state, keys, self.read(state, values), eta, alpha, queries, mu)
 
-    def _write(self, q, k, w, eta, alpha, s, m, *, dgd: bool):
-        """Advance one state matrix over a chunk; returns (reads S_{t-1}^T q_t, S, momentum)."""
+    def _write(self, q, k, w, eta, alpha, mu, s, m, *, dgd: bool):
+        """Advance one state matrix over a chunk; returns (reads S_{t-1}^T q_t, S, momentum).
+        mu: [B, G, n], the Titans form's momentum gate per token (None otherwise)."""
         if self.rule.stop_grad_writes:
             k, w, eta, alpha = k.detach(), w.detach(), eta.detach(), alpha.detach()
+            mu = mu.detach() if mu is not None else None
         if not self.rule.momentum:
             # One semantic chunk per call; the layer keeps eta, alpha in range and checks its
             # own results for NaN/inf, so the unchecked per-chunk body is enough. "auto"
@@ -119,7 +110,11 @@ class MemoryBank(nn.Module):
             impl = KERNEL_CHOICES[self.rule.kernels]
             o, s = dgd_rule_step(q, k, w, eta, alpha, s, dgd=dgd, impl=impl)
             return o, s, m
-        return momentum_rule(q, k, w, eta, alpha, torch.sigmoid(self.momentum_logit), s, m, dgd=dgd)
+        if self.rule.momentum_form == "inner":
+            return inner_momentum_naive(q, k, w, eta, alpha, torch.sigmoid(self.momentum_logit), s, m, dgd=dgd)
+        if mu is None:
+            raise ValueError("Titans-form momentum needs the layer's gates mu [B, G, n] (momentum_gates)")
+        return dgd_momentum_step(q, k, w, eta, alpha, mu, s, m, dgd=dgd)
 
 
 class LinearMemory(MemoryBank):
@@ -136,17 +131,17 @@ class LinearMemory(MemoryBank):
     def read(self, state, z: torch.Tensor) -> torch.Tensor:
         return z @ state["s"]
 
-    def self_update(self, state, keys, values, eta, alpha, queries):
+    def self_update(self, state, keys, values, eta, alpha, queries, mu=None):
         # M(v) - M(k) = (v - k) S: one matmul for the targets and the gradient together.
-        return self._update(state, keys, (values - keys) @ state["s"], eta, alpha, queries)
+        return self._update(state, keys, (values - keys) @ state["s"], eta, alpha, queries, mu)
 
-    def chunk_update(self, state, keys, targets, eta, alpha, queries):
-        return self._update(state, keys, targets - self.read(state, keys), eta, alpha, queries)
+    def chunk_update(self, state, keys, targets, eta, alpha, queries, mu=None):
+        return self._update(state, keys, targets - self.read(state, keys), eta, alpha, queries, mu)
 
-    def _update(self, state, keys, w, eta, alpha, queries):
+    def _update(self, state, keys, w, eta, alpha, queries, mu):
         """w: the negative inner gradient direction per token, taken at the chunk start."""
         s = state["s"]
-        o, s, m = self._write(queries, keys, w, eta, alpha, s, state.get("m"), dgd=self.rule.dgd)
+        o, s, m = self._write(queries, keys, w, eta, alpha, mu, s, state.get("m"), dgd=self.rule.dgd)
         return ({"s": s, "m": m} if m is not None else {"s": s}), o
 
 
@@ -167,8 +162,8 @@ class MLPMemory(MemoryBank):
     def read(self, state, z: torch.Tensor) -> torch.Tensor:
         return z + F.silu(z @ state["s2"]) @ state["s1"]
 
-    def self_update(self, state, keys, values, eta, alpha, queries):
-        if not self.rule.momentum:
+    def self_update(self, state, keys, values, eta, alpha, queries, mu=None):
+        if not self.rule.momentum and self.rule.w1_step == "normalized":
             return self._kernel_update(state, keys, values, eta, alpha, queries, self_modifying=True)
         # One forward pass over keys and values stacked: M(k) for the error, M(v) as targets.
         n, both = keys.shape[-2], torch.cat([keys, values], dim=-2)
@@ -176,14 +171,14 @@ class MLPMemory(MemoryBank):
         a = F.silu(z)
         out = both + a @ state["s1"]
         err = out[..., :n, :] - out[..., n:, :]
-        return self._momentum_update(state, keys, z[..., :n, :], a[..., :n, :], err, eta, alpha, queries)
+        return self._write_both(state, keys, z[..., :n, :], a[..., :n, :], err, eta, alpha, queries, mu)
 
-    def chunk_update(self, state, keys, targets, eta, alpha, queries):
-        if not self.rule.momentum:
+    def chunk_update(self, state, keys, targets, eta, alpha, queries, mu=None):
+        if not self.rule.momentum and self.rule.w1_step == "normalized":
             return self._kernel_update(state, keys, targets, eta, alpha, queries, self_modifying=False)
         z = keys @ state["s2"]
         a = F.silu(z)
-        return self._momentum_update(state, keys, z, a, keys + a @ state["s1"] - targets, eta, alpha, queries)
+        return self._write_both(state, keys, z, a, keys + a @ state["s1"] - targets, eta, alpha, queries, mu)
 
     def _kernel_update(self, state, keys, values, eta, alpha, queries, *, self_modifying: bool):
         """Without momentum the whole chunk is one K2 op (`clbench.kernels.mlp_memory`): the
@@ -198,19 +193,21 @@ class MLPMemory(MemoryBank):
         )  # fmt: skip
         return {"s2": s2, "s1": s1}, o
 
-    def _momentum_update(self, state, keys, z, a, err, eta, alpha, queries):
-        """With momentum (no closed form together with DGD, §9.2 K2): the token loop of
-        `momentum_rule` over the chunk-start gradients. z, a: hidden pre-activations and
-        activations of the keys; err = M(k) - v_hat."""
+    def _write_both(self, state, keys, z, a, err, eta, alpha, queries, mu):
+        """Both writes through `_write` (momentum, or the plain W1 step K2 does not fuse) from
+        the chunk-start gradients. z, a: hidden pre-activations and activations of the keys;
+        err = M(k) - v_hat."""
         s2, s1 = state["s2"], state["s1"]
         # Backprop of 1/2 ||k + W1 silu(W2 k) - v_hat||^2 at the chunk-start weights, by hand:
         # errors per token, so each token's gradient is rank one (E A^T for W1, D k^T for W2).
         hidden_err = (err @ s1.transpose(-1, -2)) * silu_grad(z)
         # W2 (input side) gets the DGD factor; its reads give the hidden pre-activations of
         # the queries, whose silu are the queries of W1 (plain retention, no DGD).
-        z_q, s2, m2 = self._write(queries, keys, -hidden_err, eta, alpha, s2, state["m2"], dgd=self.rule.dgd)
-        h_q, s1, m1 = self._write(F.silu(z_q), a, -err, w1_step(eta, a), alpha, s1, state["m1"], dgd=False)
-        return {"s2": s2, "s1": s1, "m2": m2, "m1": m1}, queries + h_q
+        step1 = w1_step(eta, a, self.rule.w1_step)
+        z_q, s2, m2 = self._write(queries, keys, -hidden_err, eta, alpha, mu, s2, state.get("m2"), dgd=self.rule.dgd)
+        h_q, s1, m1 = self._write(F.silu(z_q), a, -err, step1, alpha, mu, s1, state.get("m1"), dgd=False)
+        new = {"s2": s2, "s1": s1} if m2 is None else {"s2": s2, "s1": s1, "m2": m2, "m1": m1}
+        return new, queries + h_q
 
 
 def make_memory(kind: str, groups: int, dim: int, hidden: int, rule: InnerRule) -> MemoryBank:

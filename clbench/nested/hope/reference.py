@@ -6,7 +6,8 @@ snapshot, and the update rule applied token by token exactly as nested_learning.
 writes it (S = M^T layout):
 
     S_t = alpha_t S_{t-1} - eta_t k_t k_t^T S_{t-1} [DGD] - eta_t grad L(S_snapshot; k_t, v_hat_t)
-    with momentum: m_t = mu m_{t-1} + (S_t^{plain} - S_{t-1}),  S_t = S_{t-1} + m_t
+    Titans-form momentum: m_t = mu_t m_{t-1} + (step without retention), S_t = alpha_t S_{t-1} + m_t
+    inner-form momentum: m_t = mu m_{t-1} + (S_t^{plain} - S_{t-1}),  S_t = S_{t-1} + m_t
 
 Only the parameter-free plumbing (input projection + conv, eta/alpha readouts, output
 path) is shared with the layer. Tests compare the two in float64 (tests/test_hope_titans.py);
@@ -48,22 +49,25 @@ def _weights(bank, groups: slice, batch: int) -> dict[str, torch.Tensor]:
     }
 
 
-def _step(weights, momenta, grads, k, eta, alpha, mu, dgd: bool, w1_keys=None):
+def _step(weights, momenta, grads, k, eta, alpha, mu, opts, w1_keys=None):
     """One token of the update rule for every weight matrix of one memory."""
     a = alpha[..., None, None]
     new_w, new_m = {}, {}
     for name, s in weights.items():
         step = eta
-        if name == "s1":  # W1's normalised step (memory.w1_step), written out again here
+        if name == "s1" and opts.w1_step == "normalized":  # memory.w1_step, written out again here
             step = eta / torch.clamp(torch.sum(w1_keys * w1_keys, dim=-1), min=1.0)
         e = step[..., None, None]
-        plain = a * s - e * grads[name]
-        if dgd and name in ("s", "s2"):  # the input-side matrix (keys k) carries the DGD factor
-            plain = plain - e * k[..., :, None] * torch.einsum("bhk,bhkv->bhv", k, s)[..., None, :]
+        change = -e * grads[name]  # the step without retention
+        if opts.dgd and name in ("s", "s2"):  # the input-side matrix (keys k) carries the DGD factor
+            change = change - e * k[..., :, None] * torch.einsum("bhk,bhkv->bhv", k, s)[..., None, :]
         if mu is None:
-            new_w[name] = plain
-        else:
-            new_m[name] = mu[..., None, None] * momenta[name] + (plain - s)
+            new_w[name] = a * s + change
+        elif opts.momentum_form == "titans":  # momentum over the step, forget gate outside
+            new_m[name] = mu[..., None, None] * momenta[name] + change
+            new_w[name] = a * s + new_m[name]
+        else:  # inner: retention inside the momentum
+            new_m[name] = mu[..., None, None] * momenta[name] + (a - 1) * s + change
             new_w[name] = s + new_m[name]
     return new_w, new_m
 
@@ -74,15 +78,19 @@ def naive_titans(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
     linear = isinstance(layer.main_memory, LinearMemory)
     z = layer.projected_inputs(x)
     mu = {}
+    inner = opts.momentum and opts.momentum_form == "inner"
     # Unpack the banks into one weight dict per memory: [B, H, ...] each.
     memories: dict[str, dict[str, torch.Tensor]] = {}
     for j, name in enumerate(opts.adaptive):
         memories[name] = _weights(layer.proj_memory, slice(j * h, (j + 1) * h), b)
-        if opts.momentum:
+        if inner:
             mu[name] = torch.sigmoid(layer.proj_memory.momentum_logit[j * h:(j + 1) * h]).expand(b, -1)
     memories["mem"] = _weights(layer.main_memory, slice(None), b)
-    if opts.momentum:
+    if inner:
         mu["mem"] = torch.sigmoid(layer.main_memory.momentum_logit).expand(b, -1)
+    titans_mu = None
+    if opts.momentum and not inner:  # per token and head: [B, T, H]
+        titans_mu = torch.sigmoid(x @ layer.momentum_gate.weight.T + layer.momentum_gate.bias).clamp_min(1e-6)
     momenta = {m: {w: torch.zeros_like(s) for w, s in ws.items()} for m, ws in memories.items()}
     snapshots: dict[str, dict[str, torch.Tensor]] = {}
     outputs = []
@@ -96,7 +104,10 @@ def naive_titans(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
             p: _apply(snapshots[p], z[:, step, i], linear) if p in proj_names else z[:, step, i]
             for i, p in enumerate(PROJECTIONS)
         }
-        k, q, v = F.normalize(made["k"], dim=-1), F.normalize(made["q"], dim=-1), F.normalize(made["v"], dim=-1)
+        k, q = F.normalize(made["k"], dim=-1), F.normalize(made["q"], dim=-1)
+        v = F.normalize(made["v"], dim=-1) if opts.normalize_v else made["v"]
+        if titans_mu is not None:
+            mu = dict.fromkeys([*opts.adaptive, "mem"], titans_mu[:, step])
         eta, alpha = layer.rates(made["eta"][:, None], made["alpha"][:, None])
         eta, alpha = eta[:, 0], alpha[:, 0]
         outputs.append(_apply(memories["mem"], q, linear))  # read before write (Eq. 94)
@@ -104,7 +115,7 @@ def naive_titans(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
             target = _apply(snapshots[m], v, linear)  # self-generated value (Eq. 84)
             grads = _inner_grads(snapshots[m], k, target, linear)
             w1_keys = None if linear else F.silu(torch.einsum("bhd,bhde->bhe", k, snapshots[m]["s2"]))
-            memories[m], new_m = _step(memories[m], momenta[m], grads, k, eta, alpha, mu.get(m), opts.dgd, w1_keys)
+            memories[m], new_m = _step(memories[m], momenta[m], grads, k, eta, alpha, mu.get(m), opts, w1_keys)
             if opts.momentum:
                 momenta[m] = new_m
     return layer.output(torch.stack(outputs, dim=1), x)

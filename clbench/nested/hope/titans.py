@@ -17,11 +17,18 @@ Choices where the paper is silent [U], all recorded in the model config:
   alpha = sigmoid(<w, M_alpha(x)> + b) (kmc uses 1-wide heads the same way). Retention off
   ("w/o weight decay") fixes alpha = 1.
 - eta and alpha are shared by all memories of the layer (each memory has its own values).
-- v is l2-normalised like q and k (Titans normalises only q and k). Each memory chases its
-  own reading of v (v_hat = M(v)) from keys k; with ||v|| > ||k|| = 1 that loop raises the
-  memory's gain every chunk, and at the quick profile the memories overflowed to inf
-  within one 17-token image after ~100 training steps. Unit values keep the targets on
-  the scale of the memory's own outputs.
+- v is l2-normalised like q and k (Titans normalises only q and k; `normalize_v=false` is the
+  literal form). Each memory chases its own reading of v (v_hat = M(v)) from keys k; with
+  ||v|| > ||k|| = 1 that loop raises the memory's gain every chunk, and at the quick profile
+  the memories overflowed to inf within one 17-token image after ~100 training steps. Unit
+  values keep the targets on the scale of the memory's own outputs.
+- Momentum (on: the paper's model, Table 6 "w/o momentum" is its ablation) in the Titans form
+  (§3.2): m_t = mu_t m_{t-1} + [DGD step], M_t = alpha_t M_{t-1} + m_t, with the forget gate
+  outside the momentum and a data-dependent gate mu_t = sigmoid(x_t W_mu + b) per head and
+  token, read from the layer input by a static linear map as Titans does (the paper gives M_eta
+  and M_alpha but no M_mu). Shared by every memory of the layer, like eta and alpha.
+  `momentum_form=inner` keeps clbench's first form: retention inside the momentum, one static
+  gate per memory.
 - Two chunk sizes as in the paper: `chunk_other` for the projection memories (k, v, q, eta,
   alpha), `chunk_mem` for the main memory. A sequence length that is not a multiple of a chunk
   size ends with a shorter chunk (same semantics as the token loop, nothing padded).
@@ -38,7 +45,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from clbench.errors import NonFiniteLossError
-from clbench.nested.hope.memory import KERNEL_CHOICES, InnerRule, make_memory
+from clbench.nested.hope.memory import (
+    KERNEL_CHOICES,
+    MOMENTUM_FORMS,
+    W1_STEPS,
+    InnerRule,
+    make_memory,
+)
 
 PROJECTIONS = ("k", "v", "q", "eta", "alpha")
 RESET_POLICIES = ("example", "experience", "never")
@@ -52,11 +65,14 @@ class TitansOptions:
     chunk_other: int = 4  # projection memories
     chunk_mem: int = 8  # main memory
     dgd: bool = True
-    momentum: bool = False
+    momentum: bool = True  # the paper's full model; off = Table 6's "w/o momentum"
+    momentum_form: str = "titans"  # titans | inner (see the module docstring)
     retention: bool = True
     adaptive_k: bool = True
     adaptive_v: bool = True
     adaptive_q: bool = False  # "q_t = x_t W_q is the only non-adaptive projection" (§6.2)
+    normalize_v: bool = True  # unit v (see the module docstring); false: the paper's literal v
+    w1_step: str = "normalized"  # MLP memories' W1 step: normalized | plain (memory.w1_step)
     stop_grad_writes: bool = False  # D10: default differentiates through the inner writes
     eta_max: float = 0.5
     conv_window: int = 4
@@ -67,6 +83,14 @@ class TitansOptions:
             raise ValueError(f"kernels must be one of {', '.join(map(repr, KERNEL_CHOICES))}, got {self.kernels!r}")
         if self.memory not in ("linear", "mlp"):
             raise ValueError(f"memory must be 'linear' or 'mlp', got {self.memory!r}")
+        if self.momentum_form not in MOMENTUM_FORMS:
+            raise ValueError(f"momentum_form must be one of {', '.join(map(repr, MOMENTUM_FORMS))}, "
+                             f"got {self.momentum_form!r}")
+        if self.w1_step not in W1_STEPS:
+            raise ValueError(f"w1_step must be one of {', '.join(map(repr, W1_STEPS))}, got {self.w1_step!r}")
+        if self.momentum and self.kernels == "triton":
+            raise ValueError("kernels='triton' has no momentum kernel yet; with momentum on use kernels "
+                             "'auto' or 'reference' (the chunked PyTorch form runs on any device)")
         for name in ("heads", "memory_hidden_mult", "chunk_other", "chunk_mem", "conv_window"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
@@ -106,7 +130,8 @@ class SelfModifyingTitans(nn.Module):
         self.reset_policy = "example"
         self.carried: dict[str, dict[str, torch.Tensor]] | None = None
         h, dh = self.heads, self.head_dim
-        rule = InnerRule(options.dgd, options.momentum, options.stop_grad_writes, options.kernels)
+        rule = InnerRule(options.dgd, options.momentum, options.momentum_form, options.w1_step,
+                         options.stop_grad_writes, options.kernels)
         hidden = options.memory_hidden_mult * dh
 
         self.proj = nn.Linear(d_model, len(PROJECTIONS) * d_model, bias=False)
@@ -117,6 +142,10 @@ class SelfModifyingTitans(nn.Module):
         self.eta_bias = nn.Parameter(torch.full((h,), -2.0))  # eta ~ 0.12 eta_max at start
         self.alpha_readout = nn.Parameter(torch.randn(h, dh) / dh)
         self.alpha_bias = nn.Parameter(torch.full((h,), 3.0))  # alpha ~ 0.95 at start
+        # Titans-form momentum gate mu_t = sigmoid(x_t W_mu + b), per head; bias 0: mu ~ 0.5 at start.
+        self.momentum_gate = nn.Linear(d_model, h) if options.momentum and options.momentum_form == "titans" else None
+        if self.momentum_gate is not None:
+            nn.init.zeros_(self.momentum_gate.bias)
         self.out_norm = nn.RMSNorm(dh)
         self.gate = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
@@ -135,6 +164,13 @@ class SelfModifyingTitans(nn.Module):
         # Floor: alpha = 0 would have no logarithm in the chunked form's log-space gates.
         alpha = torch.sigmoid((alpha_features * self.alpha_readout).sum(-1) + self.alpha_bias)
         return eta, alpha.clamp_min(1e-6)
+
+    def momentum_gates(self, x: torch.Tensor) -> torch.Tensor | None:
+        """mu_t [B, H, T] of the Titans-form momentum (None without it). Floored like alpha: the
+        chunked form takes its logarithm."""
+        if self.momentum_gate is None:
+            return None
+        return torch.sigmoid(self.momentum_gate(x)).clamp_min(1e-6).transpose(1, 2)
 
     def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-head norm, SiLU gate from the layer input, output projection."""
@@ -165,11 +201,13 @@ class SelfModifyingTitans(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         opts, (b, t, _) = self.options, x.shape
         states = self.start_states(b)
-        k, v, q, eta, alpha, states["proj"] = self.generate(self.projected_inputs(x), states["proj"])
+        mu = self.momentum_gates(x)
+        k, v, q, eta, alpha, states["proj"] = self.generate(self.projected_inputs(x), states["proj"], mu)
         outputs, main = [], states["main"]
         for start in range(0, t, opts.chunk_mem):
             c = slice(start, start + opts.chunk_mem)
-            main, o = self.main_memory.self_update(main, k[:, :, c], v[:, :, c], eta[:, :, c], alpha[:, :, c], q[:, :, c])
+            main, o = self.main_memory.self_update(main, k[:, :, c], v[:, :, c], eta[:, :, c], alpha[:, :, c],
+                                                   q[:, :, c], None if mu is None else mu[:, :, c])
             outputs.append(o)
         o = torch.cat(outputs, dim=2).transpose(1, 2)  # [B, T, H, dh]
         self.check_finite(k=k.transpose(1, 2), v=v.transpose(1, 2), eta=eta.transpose(1, 2),
@@ -178,9 +216,10 @@ class SelfModifyingTitans(nn.Module):
             self.carry_over({"proj": states["proj"], "main": main})
         return self.output(o, x)
 
-    def generate(self, z: torch.Tensor, state):
+    def generate(self, z: torch.Tensor, state, mu: torch.Tensor | None = None):
         """k, v, q [B, H, T, dh] and eta, alpha [B, H, T] from `projected_inputs` z, chunk by
-        chunk, advancing the projection memories; also returns their final state."""
+        chunk, advancing the projection memories (momentum gates mu [B, H, T] or None); also
+        returns their final state."""
         opts, adaptive = self.options, self.options.adaptive
         n_mem, (b, t, _, h, dh) = len(adaptive), z.shape
         z = z.permute(0, 2, 3, 1, 4)  # [B, 5, H, T, dh]
@@ -192,13 +231,14 @@ class SelfModifyingTitans(nn.Module):
             made = {p: read[:, adaptive.index(p)] if p in adaptive else z[:, PROJECTIONS.index(p), :, c]
                     for p in PROJECTIONS}
             k, q = F.normalize(made["k"], dim=-1), F.normalize(made["q"], dim=-1)
-            v = F.normalize(made["v"], dim=-1)  # unit values: see the module docstring
+            v = F.normalize(made["v"], dim=-1) if opts.normalize_v else made["v"]  # see the module docstring
             eta, alpha = self.rates(made["eta"].transpose(1, 2), made["alpha"].transpose(1, 2))
             eta, alpha = eta.transpose(1, 2), alpha.transpose(1, 2)
             # Every projection memory learns (k -> its own reading of v), Eq. 84-85.
             keys = k.repeat(1, n_mem, 1, 1)
+            gate = None if mu is None else mu[:, :, c].repeat(1, n_mem, 1)
             state, _ = self.proj_memory.self_update(
-                state, keys, v.repeat(1, n_mem, 1, 1), eta.repeat(1, n_mem, 1), alpha.repeat(1, n_mem, 1), keys
+                state, keys, v.repeat(1, n_mem, 1, 1), eta.repeat(1, n_mem, 1), alpha.repeat(1, n_mem, 1), keys, gate
             )
             pieces.append((k, v, q, eta, alpha))
         k, v, q, eta, alpha = (torch.cat(parts, dim=2) for parts in zip(*pieces, strict=True))

@@ -1,10 +1,13 @@
 """Registered HOPE models: `hope`, `hope_attention` and the size control `transformer_matched`.
 
 Sizes per profile (nested_learning.md §8.9 for full; quick is sized so that `make bench`
-stays within its CPU budget, smoke for tests). Every Table 6 ablation is a model argument:
-`model.dgd=false`, `model.momentum=true`, `model.retention=false`, `model.adaptive_k=false`,
-`model.adaptive_v=false`, `model.adaptive_q=true`; "w/o CMS" is the hope strategy's
-`strategy.cms=false` (same network, every level updated every step).
+stays within its CPU budget, smoke for tests). `hope` is the paper's full Table 6 model (DGD,
+Titans-form momentum, retention, adaptive k and v, static q, CMS); every "w/o" row is a model
+argument: `model.dgd=false`, `model.momentum=false`, `model.retention=false`,
+`model.adaptive_k=false`, `model.adaptive_v=false`, `model.adaptive_q=true`; "w/o CMS" is the
+hope strategy's `strategy.cms=false` (same network, every level updated every step). Our own
+departures are options too: `model.normalize_v=false`, `model.w1_step=plain`,
+`model.momentum_form=inner`.
 """
 
 from __future__ import annotations
@@ -117,16 +120,18 @@ def validate_hope(**args) -> None:
 def build_hope(
     info, profile: str, d_model: int | None = None, depth: int | None = None, heads: int | None = None,
     memory: str | None = None, memory_hidden_mult: int = 2, chunk_other: int = 4, chunk_mem: int = 8,
-    dgd: bool = True, momentum: bool = False, retention: bool = True, adaptive_k: bool = True,
-    adaptive_v: bool = True, adaptive_q: bool = False, stop_grad_writes: bool = False, eta_max: float = 0.5,
+    dgd: bool = True, momentum: bool = True, momentum_form: str = "titans", retention: bool = True,
+    adaptive_k: bool = True, adaptive_v: bool = True, adaptive_q: bool = False, normalize_v: bool = True,
+    w1_step: str = "normalized", stop_grad_writes: bool = False, eta_max: float = 0.5,
     reset: str = "example", cms_levels: int = 3, cms_hidden_mult: int = 2, cms_variant: str = "sequential",
     tokenizer: str = "auto", patch: int | None = None, readout: str = "auto", kernels: str = "auto",
 ) -> nn.Module:
     def titans(d, h, i):
         options = TitansOptions(
             heads=h, memory=memory or default_memory(profile), memory_hidden_mult=memory_hidden_mult, chunk_other=chunk_other,
-            chunk_mem=chunk_mem, dgd=dgd, momentum=momentum, retention=retention, adaptive_k=adaptive_k,
-            adaptive_v=adaptive_v, adaptive_q=adaptive_q, stop_grad_writes=stop_grad_writes, eta_max=eta_max,
+            chunk_mem=chunk_mem, dgd=dgd, momentum=momentum, momentum_form=momentum_form, retention=retention,
+            adaptive_k=adaptive_k, adaptive_v=adaptive_v, adaptive_q=adaptive_q, normalize_v=normalize_v,
+            w1_step=w1_step, stop_grad_writes=stop_grad_writes, eta_max=eta_max,
             kernels=kernels,
         )
         return SelfModifyingTitans(d, options, name=f"blocks.{i}.mixer")
