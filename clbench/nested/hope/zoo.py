@@ -34,20 +34,31 @@ from clbench.registry import register_model
 # pmnist cell, 1 thread): every memory of every head is its own small matrix recurrence per
 # image, so cost grows with width x heads x memory size. quick also defaults to linear
 # memories (2.5x cheaper than the MLP ones on CPU); full uses the paper's MLP memories.
-DIMS = {"smoke": (16, 1, 2), "quick": (16, 1, 2), "full": (128, 2, 4)}
+# mid (`model.size=mid`, any profile) is the ~100k-parameter HOPE of the comparison study: MLP
+# memories, sized to reach the MLP baselines' plasticity on P-MNIST within a quick cell's CPU
+# budget (docs/hope.md). `model.size=auto` takes the run's profile.
+DIMS = {"smoke": (16, 1, 2), "quick": (16, 1, 2), "mid": (64, 1, 4), "full": (128, 2, 4)}
+SIZES = ("auto", *DIMS)
 FULL_CIFAR = (192, 4, 4)
 
 
-def default_memory(profile: str) -> str:
-    return "mlp" if profile == "full" else "linear"
+def default_memory(size: str) -> str:
+    return "mlp" if size in ("mid", "full") else "linear"
 
 
-def _dims(info, profile, d_model, depth, heads):
+def _size(profile: str, size: str) -> str:
+    """The size table row a model is built at: `size`, or the run's profile for "auto"."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
+    return profile if size == "auto" else size
+
+
+def _dims(info, size, d_model, depth, heads):
     # Only a 3x32x32 image is CIFAR: feature tokens [T, 32] and text windows of 32 ids are not.
     # At quick, d_model 32 bought +2.6 points over 16 in benchmarks/features_hope_width.md
     # (3 seeds, overlapping) for 1.1-1.4x the training time, so 16 stays (docs/hope.md).
-    cifar = profile == "full" and tuple(info.input_shape) == (3, 32, 32)
-    table = FULL_CIFAR if cifar else DIMS[profile]
+    cifar = size == "full" and tuple(info.input_shape) == (3, 32, 32)
+    table = FULL_CIFAR if cifar else DIMS[size]
     return d_model or table[0], depth or table[1], heads or table[2]
 
 
@@ -83,10 +94,10 @@ def _readout(info, readout: str) -> str:
     return readout
 
 
-def _features(info, profile, d_model, depth, heads, tokenizer, patch, readout, cms_levels, cms_hidden_mult,
+def _features(info, profile, size, d_model, depth, heads, tokenizer, patch, readout, cms_levels, cms_hidden_mult,
               cms_variant, make_mixer) -> HopeFeatures:
     _check_common(tokenizer, readout, cms_levels, cms_hidden_mult, cms_variant)
-    d, n_blocks, h = _dims(info, profile, d_model, depth, heads)
+    d, n_blocks, h = _dims(info, size, d_model, depth, heads)
     kind, patch = _tokenizer_args(info, tokenizer, patch)
     readout = _readout(info, readout)
     blocks = [
@@ -102,6 +113,7 @@ COMMON_DEFAULTS = dict(tokenizer="auto", readout="auto", cms_levels=3, cms_hidde
 def validate_common(**args) -> None:
     """Config-time check of the arguments every HOPE-style model shares."""
     _check_common(**{k: args.get(k, v) for k, v in COMMON_DEFAULTS.items()})
+    _size("quick", args.get("size", "auto"))
 
 
 def validate_hope(**args) -> None:
@@ -125,10 +137,13 @@ def build_hope(
     w1_step: str = "normalized", stop_grad_writes: bool = False, eta_max: float = 0.5,
     reset: str = "example", cms_levels: int = 3, cms_hidden_mult: int = 2, cms_variant: str = "sequential",
     tokenizer: str = "auto", patch: int | None = None, readout: str = "auto", kernels: str = "auto",
+    size: str = "auto",
 ) -> nn.Module:
+    size = _size(profile, size)
+
     def titans(d, h, i):
         options = TitansOptions(
-            heads=h, memory=memory or default_memory(profile), memory_hidden_mult=memory_hidden_mult, chunk_other=chunk_other,
+            heads=h, memory=memory or default_memory(size), memory_hidden_mult=memory_hidden_mult, chunk_other=chunk_other,
             chunk_mem=chunk_mem, dgd=dgd, momentum=momentum, momentum_form=momentum_form, retention=retention,
             adaptive_k=adaptive_k, adaptive_v=adaptive_v, adaptive_q=adaptive_q, normalize_v=normalize_v,
             w1_step=w1_step, stop_grad_writes=stop_grad_writes, eta_max=eta_max,
@@ -136,7 +151,7 @@ def build_hope(
         )
         return SelfModifyingTitans(d, options, name=f"blocks.{i}.mixer")
 
-    features = _features(info, profile, d_model, depth, heads, tokenizer, patch, readout, cms_levels,
+    features = _features(info, profile, size, d_model, depth, heads, tokenizer, patch, readout, cms_levels,
                          cms_hidden_mult, cms_variant, titans)
     features.set_reset_policy(reset)
     return with_head(features, features.out_features, info)
@@ -150,29 +165,30 @@ def build_hope(
 def build_hope_attention(
     info, profile: str, d_model: int | None = None, depth: int | None = None, heads: int | None = None,
     cms_levels: int = 3, cms_hidden_mult: int = 2, cms_variant: str = "sequential",
-    tokenizer: str = "auto", patch: int | None = None, readout: str = "auto",
+    tokenizer: str = "auto", patch: int | None = None, readout: str = "auto", size: str = "auto",
 ) -> nn.Module:
-    features = _features(info, profile, d_model, depth, heads, tokenizer, patch, readout, cms_levels,
-                         cms_hidden_mult, cms_variant, lambda d, h, i: CausalAttention(d, h))
+    features = _features(info, profile, _size(profile, size), d_model, depth, heads, tokenizer, patch, readout,
+                         cms_levels, cms_hidden_mult, cms_variant, lambda d, h, i: CausalAttention(d, h))
     return with_head(features, features.out_features, info)
 
 
 @register_model(
     "transformer_matched",
     description="Size control: a causal Transformer (attention + one MLP per block) whose width "
-    "is chosen so its parameter count matches `hope` with the same profile and depth",
+    "is chosen so its parameter count matches `hope` with the same profile (or size) and depth",
 )
 def build_transformer_matched(
     info, profile: str, depth: int | None = None, heads: int | None = None, tokenizer: str = "auto",
-    patch: int | None = None, readout: str = "auto", mlp_mult: int = 4,
+    patch: int | None = None, readout: str = "auto", mlp_mult: int = 4, size: str = "auto",
 ) -> nn.Module:
+    size = _size(profile, size)
     with torch.random.fork_rng(devices=[]):  # counting must not move the run's RNG
         target = count_parameters(build_hope(info, profile, depth=depth, heads=heads, tokenizer=tokenizer,
-                                             patch=patch, readout=readout))
-        _, _, h = _dims(info, profile, None, depth, heads)
+                                             patch=patch, readout=readout, size=size))
+        _, _, h = _dims(info, size, None, depth, heads)
 
         def make(d: int) -> nn.Module:
-            features = _features(info, profile, d, depth, h, tokenizer, patch, readout, 1, mlp_mult,
+            features = _features(info, profile, size, d, depth, h, tokenizer, patch, readout, 1, mlp_mult,
                                  "sequential", lambda d_, h_, i: CausalAttention(d_, h_))
             return with_head(features, d, info)
 
