@@ -54,3 +54,11 @@ def test_headline_table_rounds_once_from_the_csv():
     table = headline_table(summary)
     assert "| naive | 47.2 ± 1.3 | 10.0 | 90.0 ± 1.0 | - |" in table
     assert "| ewc | 50.0 ± 2.0 | 5.0 ± 1.0 | 88.0 ± 2.0 | <0.001 |" in table
+
+
+def test_a_block_naming_a_markdown_file_quotes_its_first_table(tmp_path):
+    (tmp_path / "CONTROLS.md").write_text("# Planned\n\nprose\n\n| a | b |\n| --- | ---: |\n| x | 1.5 |\n\nafter\n| c |\n")
+    doc = "intro\n<!-- BEGIN generated: CONTROLS.md -->\nstale\n<!-- END generated -->\nend\n"
+    assert render_blocks(doc, tmp_path) == (
+        "intro\n<!-- BEGIN generated: CONTROLS.md -->\n| a | b |\n| --- | ---: |\n| x | 1.5 |\n<!-- END generated -->\nend\n"
+    )
