@@ -26,24 +26,40 @@ def inputs(b: int = 2, t: int = 11, d: int = 8, seed: int = 1) -> torch.Tensor:
     return torch.randn(b, t, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+# Every TitansOptions field has a case away from its default (stop_grad_writes and kernels
+# change no value, only gradients and where the ops run; they are here so that stays true).
 CASES = [
     {},
     {"memory": "linear"},
+    {"memory_hidden_mult": 3},
+    {"heads": 1},
     {"dgd": False},
     {"momentum": False},
     {"momentum_form": "inner"},
     {"memory": "linear", "dgd": False},
+    {"memory": "linear", "momentum": False},
     {"memory": "linear", "momentum_form": "inner", "dgd": False},
+    {"momentum_form": "inner", "retention": False},
     {"normalize_v": False},
+    {"memory": "linear", "normalize_v": False, "adaptive_q": True},
     {"w1_step": "plain"},
     {"w1_step": "plain", "momentum": False},
+    {"w1_step": "plain", "momentum_form": "inner"},
     {"retention": False},
+    {"memory": "linear", "retention": False, "momentum": False},
+    {"adaptive_k": False},
+    {"adaptive_v": False},
     {"adaptive_k": False, "adaptive_v": False},
     {"adaptive_q": True},
+    {"eta_max": 1.5},
+    {"conv_window": 1},
+    {"conv_window": 13},  # longer than the 11-token sequence
     {"chunk_other": 3, "chunk_mem": 5},  # 11 tokens: both end with a shorter chunk
+    {"chunk_other": 5, "chunk_mem": 2},  # projection chunks longer than the main memory's
     {"chunk_other": 1, "chunk_mem": 1},
     {"chunk_other": 16, "chunk_mem": 16},  # one chunk longer than the sequence
     {"stop_grad_writes": True},
+    {"kernels": "reference"},
 ]
 
 
@@ -66,12 +82,18 @@ def test_memories_actually_learn_in_context():
     assert torch.allclose(learning[:, 0], frozen[:, 0])  # token 0 reads the initial state either way
 
 
-def test_chunk_size_one_is_the_fully_recurrent_rule_and_larger_chunks_differ():
-    x = inputs(t=9)
+@pytest.mark.parametrize("memory", ["linear", "mlp"])
+def test_reference_follows_the_carried_state(memory):
+    # With reset policy "never" the next batch starts from the carried change of every fast
+    # state (momentum buffers included); the reference must start there too.
+    layer, x = make_layer(memory=memory), inputs()
+    layer.reset_policy = "never"
     with torch.no_grad():
-        one = make_layer(chunk_other=1, chunk_mem=1)(x)
-        four = make_layer(chunk_other=4, chunk_mem=4)(x)
-    assert not torch.allclose(one, four)  # chunk-start gradients are an approximation
+        layer(x)  # train mode: leaves layer.carried behind
+        assert layer.carried is not None and layer.carried["main"]["m" if memory == "linear" else "m2"].abs().max() > 0
+        layer.eval()
+        chunked, naive = layer(x), naive_titans(layer, x)
+    assert torch.allclose(chunked, naive, atol=1e-10, rtol=0), (chunked - naive).abs().max()
 
 
 @pytest.mark.parametrize("memory", ["linear", "mlp"])

@@ -1,121 +1,183 @@
 """Token-by-token reference of the self-modifying Titans layer: the exact semantics, slowly.
 
-Written independently of memory.py and the chunked op on purpose: one memory at a time,
-explicit weight matrices, the inner gradient taken by autograd at the chunk-start
-snapshot, and the update rule applied token by token exactly as nested_learning.md §6.2
-writes it (S = M^T layout):
+Independent of the layer on purpose: it reads the layer's parameter tensors and option
+fields and nothing else (no method of the layer, memory.py or clbench.kernels runs), so a
+bug in the chunked path cannot hide in code both share. Per token t (S = M^T layout, every
+memory m of one head an explicit weight matrix, or two for the MLP memory):
 
-    S_t = alpha_t S_{t-1} - eta_t k_t k_t^T S_{t-1} [DGD] - eta_t grad L(S_snapshot; k_t, v_hat_t)
-    Titans-form momentum: m_t = mu_t m_{t-1} + (step without retention), S_t = alpha_t S_{t-1} + m_t
-    inner-form momentum: m_t = mu m_{t-1} + (S_t^{plain} - S_{t-1}),  S_t = S_{t-1} + m_t
+    z_t = SiLU(causal depthwise conv(W_proj x))_t, split into slots k, v, q, eta, alpha
+    p_t = M_{p,snap}(z_{p,t}) for an adaptive projection p, else z_{p,t}
+    k, q = l2norm; v = l2norm (normalize_v) or raw
+    eta = eta_max sigmoid(<r_eta, p_eta> + b_eta); alpha = sigmoid(<r_alpha, p_alpha> + b_alpha)
+          floored at 1e-6, or 1 without retention
+    o_t = M_{mem,t-1}(q_t)                                             (read before write)
+    every memory m: v_hat = M_{m,snap}(v_t); g = d/dW 1/2 ||M_W(k_t) - v_hat||^2 at W = snap
+    (autograd), step = -eta k k^T S_{t-1} [DGD, input-side matrix only] - eta g
+      no momentum:   S_t = alpha S_{t-1} + step
+      titans:        m_t = mu_t m_{t-1} + step,                    S_t = alpha S_{t-1} + m_t
+      inner:         m_t = mu m_{t-1} + (alpha - 1) S_{t-1} + step, S_t = S_{t-1} + m_t
 
-Only the parameter-free plumbing (input projection + conv, eta/alpha readouts, output
-path) is shared with the layer. Tests compare the two in float64 (tests/test_hope_titans.py);
-benchmarks/hope_chunked.py times them. Values only: not for training.
+"snap" is the memory's state at the start of t's chunk (chunk_other for the projection
+memories, chunk_mem for the main one). An MLP memory M(z) = z + W1 silu(W2 z) takes the DGD
+term on W2 (keys k) and a plain step on W1 with eta / max(1, ||silu(W2_snap k)||^2)
+(w1_step="normalized") or eta. Then per-head RMSNorm, SiLU gate of x, output projection.
+
+Tests compare it with the chunked layer in float64 (tests/test_hope_titans.py);
+benchmarks/hope_chunked.py times both. Values only (writes are never differentiated).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from clbench.nested.hope.memory import LinearMemory
-from clbench.nested.hope.titans import PROJECTIONS, SelfModifyingTitans
-
-
-def _apply(weights: dict[str, torch.Tensor], z: torch.Tensor, linear: bool) -> torch.Tensor:
-    """One memory's function on z [B, H, d] with weights of shape [B, H, ...]."""
-    if linear:
-        return torch.einsum("bhk,bhkv->bhv", z, weights["s"])
-    hidden = F.silu(torch.einsum("bhd,bhde->bhe", z, weights["s2"]))
-    return z + torch.einsum("bhe,bhed->bhd", hidden, weights["s1"])
+# The layer's projection slots, in the order its input projection lays them out.
+SLOTS = ("k", "v", "q", "eta", "alpha")
 
 
-def _inner_grads(snapshot, k, target, linear: bool):
-    """d/dW of 1/2 ||M_W(k) - target||^2 at the snapshot weights, per (batch, head)."""
+def _silu(z: torch.Tensor) -> torch.Tensor:
+    return z * torch.sigmoid(z)
+
+
+def _l2norm(z: torch.Tensor) -> torch.Tensor:
+    # Same floor as F.normalize (eps 1e-12), written out.
+    return z / torch.sqrt((z * z).sum(-1, keepdim=True)).clamp_min(1e-12)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    y = torch.einsum("...i,oi->...o", x, weight)
+    return y if bias is None else y + bias
+
+
+def _slot_inputs(layer, x: torch.Tensor) -> torch.Tensor:
+    """[B, T, 5, H, dh]: input projection, causal depthwise conv (explicit shifts), SiLU."""
+    b, t, d = x.shape
+    y = _linear(x, layer.proj.weight)  # [B, T, 5d]
+    weight, bias = layer.conv.conv.weight[:, 0], layer.conv.conv.bias  # [5d, W], [5d]
+    window = weight.shape[-1]
+    out = bias.expand_as(y).clone()
+    for j in range(window):
+        # Tap j of the cross-correlation sees the input (window - 1 - j) steps back; the
+        # causal left padding makes it zero before the sequence starts.
+        lag = window - 1 - j
+        if lag < t:
+            out[:, lag:] += weight[:, j] * y[:, : t - lag]
+    return _silu(out).reshape(b, t, len(SLOTS), layer.options.heads, d // layer.options.heads)
+
+
+def _read(weights: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    """One memory's function on z [B, H, d]; weights [B, H, ...] ("S", or "S2" and "S1")."""
+    if "S" in weights:
+        return torch.einsum("bhk,bhkv->bhv", z, weights["S"])
+    hidden = _silu(torch.einsum("bhd,bhde->bhe", z, weights["S2"]))
+    return z + torch.einsum("bhe,bhed->bhd", hidden, weights["S1"])
+
+
+def _inner_gradient(snapshot, k, v_hat):
+    """d/dW of 1/2 ||M_W(k) - v_hat||^2 at the snapshot. The loss is summed over batch and
+    heads, but every (batch, head) owns its weights, so each gets exactly its own gradient."""
     with torch.enable_grad():
         leaves = {name: w.detach().clone().requires_grad_(True) for name, w in snapshot.items()}
-        loss = 0.5 * (_apply(leaves, k.detach(), linear) - target.detach()).pow(2).sum()
+        loss = 0.5 * (_read(leaves, k.detach()) - v_hat.detach()).pow(2).sum()
         grads = torch.autograd.grad(loss, list(leaves.values()))
     return dict(zip(leaves, grads, strict=True))
 
 
-def _weights(bank, groups: slice, batch: int) -> dict[str, torch.Tensor]:
-    """One memory's initial weight matrices, [B, H, ...], named as in the state dicts."""
-    names = {"s0": "s", "s2": "s2", "s1": "s1"}
-    return {
-        names[w]: p[groups].unsqueeze(0).expand(batch, -1, -1, -1).clone()
-        for w, p in bank.named_parameters() if w in names
-    }
+def _initial_weights(layer, bank_name: str, groups: slice, batch: int):
+    """Meta-learned initial weights (plus the carried change, if the layer holds one) of one
+    memory, [B, H, ...] each; momentum buffers start at zero (plus their carried change)."""
+    bank = layer.proj_memory if bank_name == "proj" else layer.main_memory
+    params = {"S": "s0"} if layer.options.memory == "linear" else {"S2": "s2", "S1": "s1"}
+    carried = layer.carried[bank_name] if layer.carried is not None else None
+    state_key = {"S": "s", "S2": "s2", "S1": "s1"}
+    momentum_key = {"S": "m", "S2": "m2", "S1": "m1"}
+    weights, momenta = {}, {}
+    for name, param in params.items():
+        w = getattr(bank, param)[groups].unsqueeze(0).expand(batch, -1, -1, -1).clone()
+        m = torch.zeros_like(w)
+        if carried is not None:
+            w = w + carried[state_key[name]][:, groups]
+            if momentum_key[name] in carried:
+                m = m + carried[momentum_key[name]][:, groups]
+        weights[name], momenta[name] = w, m
+    return weights, momenta
 
 
-def _step(weights, momenta, grads, k, eta, alpha, mu, opts, w1_keys=None):
-    """One token of the update rule for every weight matrix of one memory."""
-    a = alpha[..., None, None]
+def _write(layer, weights, momenta, grads, snapshot, k, eta, alpha, mu):
+    """One token of the inner rule on every weight matrix of one memory; returns new dicts."""
+    opts = layer.options
     new_w, new_m = {}, {}
     for name, s in weights.items():
-        step = eta
-        if name == "s1" and opts.w1_step == "normalized":  # memory.w1_step, written out again here
-            step = eta / torch.clamp(torch.sum(w1_keys * w1_keys, dim=-1), min=1.0)
-        e = step[..., None, None]
-        change = -e * grads[name]  # the step without retention
-        if opts.dgd and name in ("s", "s2"):  # the input-side matrix (keys k) carries the DGD factor
-            change = change - e * k[..., :, None] * torch.einsum("bhk,bhkv->bhv", k, s)[..., None, :]
-        if mu is None:
-            new_w[name] = a * s + change
-        elif opts.momentum_form == "titans":  # momentum over the step, forget gate outside
-            new_m[name] = mu[..., None, None] * momenta[name] + change
+        step_size = eta  # [B, H]
+        if name == "S1" and opts.w1_step == "normalized":
+            keys1 = _silu(torch.einsum("bhd,bhde->bhe", k, snapshot["S2"]))  # W1's keys at the snapshot
+            step_size = eta / (keys1 * keys1).sum(-1).clamp_min(1.0)
+        e = step_size[..., None, None]
+        step = -e * grads[name]
+        if opts.dgd and name in ("S", "S2"):  # the DGD factor sits on the matrix that reads k
+            step = step - e * torch.einsum("bhk,bhj,bhjv->bhkv", k, k, s)
+        a = alpha[..., None, None]
+        if not opts.momentum:
+            new_w[name] = a * s + step
+        elif opts.momentum_form == "titans":  # forget gate outside the momentum
+            new_m[name] = mu[..., None, None] * momenta[name] + step
             new_w[name] = a * s + new_m[name]
-        else:  # inner: retention inside the momentum
-            new_m[name] = mu[..., None, None] * momenta[name] + (a - 1) * s + change
+        else:  # "inner": retention inside the momentum, one static gate per memory
+            new_m[name] = mu[..., None, None] * momenta[name] + (a - 1) * s + step
             new_w[name] = s + new_m[name]
-    return new_w, new_m
+    return new_w, (new_m if opts.momentum else momenta)
 
 
-def naive_titans(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
+def _readout(layer, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-head RMSNorm of o [B, T, H, dh], SiLU gate from x, output projection."""
+    norm = layer.out_norm
+    eps = norm.eps if norm.eps is not None else torch.finfo(o.dtype).eps
+    o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + eps) * norm.weight
+    gate = _silu(_linear(x, layer.gate.weight, layer.gate.bias))
+    return _linear(o.reshape(x.shape) * gate, layer.out_proj.weight, layer.out_proj.bias)
+
+
+def naive_titans(layer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output for x [B, T, d], token by token (see the module docstring)."""
     opts, (b, t, _) = layer.options, x.shape
-    h = layer.heads
-    linear = isinstance(layer.main_memory, LinearMemory)
-    z = layer.projected_inputs(x)
-    mu = {}
-    inner = opts.momentum and opts.momentum_form == "inner"
-    # Unpack the banks into one weight dict per memory: [B, H, ...] each.
-    memories: dict[str, dict[str, torch.Tensor]] = {}
-    for j, name in enumerate(opts.adaptive):
-        memories[name] = _weights(layer.proj_memory, slice(j * h, (j + 1) * h), b)
-        if inner:
-            mu[name] = torch.sigmoid(layer.proj_memory.momentum_logit[j * h:(j + 1) * h]).expand(b, -1)
-    memories["mem"] = _weights(layer.main_memory, slice(None), b)
-    if inner:
-        mu["mem"] = torch.sigmoid(layer.main_memory.momentum_logit).expand(b, -1)
+    h = opts.heads
+    flags = {"k": opts.adaptive_k, "v": opts.adaptive_v, "q": opts.adaptive_q, "eta": True, "alpha": True}
+    adaptive = [p for p in SLOTS if flags[p]]  # the projection bank stacks them in this order
+    z = _slot_inputs(layer, x)
+    weights, momenta = {}, {}
+    for j, p in enumerate(adaptive):
+        weights[p], momenta[p] = _initial_weights(layer, "proj", slice(j * h, (j + 1) * h), b)
+    weights["mem"], momenta["mem"] = _initial_weights(layer, "main", slice(None), b)
+    names = [*adaptive, "mem"]
+
+    static_mu = {}
+    if opts.momentum and opts.momentum_form == "inner":
+        for j, p in enumerate(adaptive):
+            static_mu[p] = torch.sigmoid(layer.proj_memory.momentum_logit[j * h:(j + 1) * h]).expand(b, h)
+        static_mu["mem"] = torch.sigmoid(layer.main_memory.momentum_logit).expand(b, h)
     titans_mu = None
-    if opts.momentum and not inner:  # per token and head: [B, T, H]
-        titans_mu = torch.sigmoid(x @ layer.momentum_gate.weight.T + layer.momentum_gate.bias).clamp_min(1e-6)
-    momenta = {m: {w: torch.zeros_like(s) for w, s in ws.items()} for m, ws in memories.items()}
-    snapshots: dict[str, dict[str, torch.Tensor]] = {}
-    outputs = []
+    if opts.momentum and opts.momentum_form == "titans":  # [B, T, H] from the layer input
+        gate = layer.momentum_gate
+        titans_mu = torch.sigmoid(_linear(x, gate.weight, gate.bias)).clamp_min(1e-6)
+
+    snapshots, outputs = {}, []
     for step in range(t):
-        proj_names = list(opts.adaptive)
-        if step % opts.chunk_other == 0:
-            snapshots.update({m: dict(memories[m]) for m in proj_names})
-        if step % opts.chunk_mem == 0:
-            snapshots["mem"] = dict(memories["mem"])
-        made = {
-            p: _apply(snapshots[p], z[:, step, i], linear) if p in proj_names else z[:, step, i]
-            for i, p in enumerate(PROJECTIONS)
-        }
-        k, q = F.normalize(made["k"], dim=-1), F.normalize(made["q"], dim=-1)
-        v = F.normalize(made["v"], dim=-1) if opts.normalize_v else made["v"]
-        if titans_mu is not None:
-            mu = dict.fromkeys([*opts.adaptive, "mem"], titans_mu[:, step])
-        eta, alpha = layer.rates(made["eta"][:, None], made["alpha"][:, None])
-        eta, alpha = eta[:, 0], alpha[:, 0]
-        outputs.append(_apply(memories["mem"], q, linear))  # read before write (Eq. 94)
-        for m in [*proj_names, "mem"]:
-            target = _apply(snapshots[m], v, linear)  # self-generated value (Eq. 84)
-            grads = _inner_grads(snapshots[m], k, target, linear)
-            w1_keys = None if linear else F.silu(torch.einsum("bhd,bhde->bhe", k, snapshots[m]["s2"]))
-            memories[m], new_m = _step(memories[m], momenta[m], grads, k, eta, alpha, mu.get(m), opts, w1_keys)
-            if opts.momentum:
-                momenta[m] = new_m
-    return layer.output(torch.stack(outputs, dim=1), x)
+        for m in names:
+            period = opts.chunk_mem if m == "mem" else opts.chunk_other
+            if step % period == 0:
+                snapshots[m] = {name: w.clone() for name, w in weights[m].items()}
+        made = {p: (_read(snapshots[p], z[:, step, i]) if p in adaptive else z[:, step, i])
+                for i, p in enumerate(SLOTS)}
+        k, q = _l2norm(made["k"]), _l2norm(made["q"])
+        v = _l2norm(made["v"]) if opts.normalize_v else made["v"]
+        eta = opts.eta_max * torch.sigmoid((made["eta"] * layer.eta_readout).sum(-1) + layer.eta_bias)
+        if opts.retention:
+            alpha = torch.sigmoid((made["alpha"] * layer.alpha_readout).sum(-1) + layer.alpha_bias).clamp_min(1e-6)
+        else:
+            alpha = torch.ones_like(eta)
+        outputs.append(_read(weights["mem"], q))  # read before write (Eq. 94)
+        for m in names:
+            v_hat = _read(snapshots[m], v)  # the memory's own target (Eq. 84)
+            grads = _inner_gradient(snapshots[m], k, v_hat)
+            mu = titans_mu[:, step] if titans_mu is not None else static_mu.get(m)
+            weights[m], momenta[m] = _write(layer, weights[m], momenta[m], grads, snapshots[m], k, eta, alpha, mu)
+    return _readout(layer, torch.stack(outputs, dim=1), x)
