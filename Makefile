@@ -15,7 +15,7 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 # `make bench JOBS=1` runs cells one at a time.
 JOBS   ?= 2
 
-.PHONY: install lock readme bench bench-cifar tune-cifar bench-text test report bench-full reproduce lint clean-runs tune
+.PHONY: install lock readme bench bench-cifar tune-cifar bench-hope tune-hope bench-text test report bench-full reproduce lint clean-runs tune
 
 install: $(STAMP)
 
@@ -60,6 +60,7 @@ test: install
 readme: install
 	$(BIN)/python -m clbench.report.readme README.md
 	$(BIN)/python -m clbench.report.readme reports/cifar/FINDINGS.md
+	$(BIN)/python -m clbench.report.readme reports/hope/FINDINGS.md
 
 report: install
 	$(BIN)/clbench report runs/quick --out reports/quick
@@ -82,6 +83,23 @@ tune-cifar: install
 	$(BIN)/python -m clbench.vision.features --kind both --workers $(JOBS)
 	$(BIN)/clbench tune suites/cifar_quick.toml --protocol first_k --k 3 --seeds 100,101 --trials 8 \
 	  --out runs/cifar-tune --output suites/cifar_quick.tuned.toml --jobs $(JOBS) --report reports/cifar/tuning
+
+# HOPE at equal plasticity (suites/hope.toml, mid HOPE vs its matched Transformer and the
+# baselines, 5 seeds) and its Table 6 ablations (suites/hope_ablations.toml, 3 seeds), with
+# each row's planned comparison with its control in CONTROLS.md. About 1 hour on 2 cores.
+bench-hope: install
+	OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/hope.toml --tuned suites/hope.tuned.toml --out runs/hope --jobs $(JOBS) --report reports/hope
+	$(BIN)/python -m clbench.report.controls reports/hope hope:transformer_matched hope:hope_attention hope:naive hope:ewc hope:replay
+	OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/hope_ablations.toml --out runs/hope_ablations --jobs $(JOBS) --report reports/hope/ablations
+	$(BIN)/python -m clbench.report.controls reports/hope/ablations $(HOPE_ABLATION_PAIRS)
+
+HOPE_ABLATION_PAIRS = hope_no_dgd:hope hope_no_momentum:hope hope_no_retention:hope hope_no_cms:hope \
+	hope_static_k:hope hope_static_v:hope hope_adaptive_q:hope hope_raw_v:hope hope_plain_w1:hope hope_inner_momentum:hope
+
+# Regenerate suites/hope.tuned.toml: every row of suites/hope.toml gets the same 10 trials.
+tune-hope: install
+	OMP_NUM_THREADS=1 $(BIN)/clbench tune suites/hope.toml --protocol first_k --k 3 --seeds 100,101 --trials 10 \
+	  --out runs/hope-tune --output suites/hope.tuned.toml --jobs $(JOBS) --report reports/hope/tuning
 
 bench-text: install
 	OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/text_quick.toml --out runs/text_quick --jobs $(JOBS) --report reports/text
