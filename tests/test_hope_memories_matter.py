@@ -108,7 +108,8 @@ def test_the_control_cannot_see_the_pairs_and_the_model_can(monkeypatch):
     model, control = pair_and_control(monkeypatch)
     x, _ = recall_batch(64, torch.Generator().manual_seed(1))
     other = x.clone()
-    other[:, 2 * PAIRS - 1] = 1 + KEYS + (other[:, 2 * PAIRS - 1] - 1 - KEYS + 1) % VALUES
+    last = 2 * PAIRS - 1  # position of the last pair's value
+    other[:, last] = 1 + KEYS + (x[:, last] - KEYS) % VALUES  # the next value id, cyclically
     with torch.no_grad():
         # changing the last pair's value (GAP + 2 tokens before CLS, outside the conv
         # window) is invisible without writes ...
