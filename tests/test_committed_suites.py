@@ -34,3 +34,20 @@ def test_the_cifar_suites_are_the_ones_make_runs():
     assert kinds["hope"] == kinds["transformer_matched"] == "tokens"
     assert {k for k, v in kinds.items() if v == "pooled"} >= {"naive", "joint", "replay", "der", "ncm", "ranpac", "cms"}
     assert {c.scenario for c in expand_suite(load_suite(SUITES / "cifar_scratch_quick.toml"))} == {"split_cifar100"}
+
+
+def test_hope_ablations_use_the_full_models_tuned_lr_and_stream():
+    """Ablations are not retuned: each row runs at the lr tuned for the full mid HOPE, on the
+    headline suite's stream. Retuning suites/hope.toml without updating the ablation suite
+    would compare ablations at a stale lr; this fails instead."""
+    from clbench.tune.tuned_file import read_tuned
+
+    tuned_lr = read_tuned(SUITES / "hope.tuned.toml")[("pmnist", "hope")]["values"]["lr"]
+    headline = {c.label: c for c in expand_suite(load_suite(SUITES / "hope.toml"))}["hope"]
+    cells = expand_suite(load_suite(SUITES / "hope_ablations.toml"))
+    assert {c.label for c in cells} >= {"hope", "hope_no_dgd", "hope_no_momentum", "hope_no_retention", "hope_no_cms",
+                                         "hope_static_k", "hope_static_v", "hope_raw_v", "hope_plain_w1"}
+    for cell in cells:
+        assert cell.train.lr == pytest.approx(tuned_lr, rel=1e-3), cell.label
+        assert cell.model_args["size"] == "mid", cell.label
+        assert cell.scenario_args == headline.scenario_args, cell.label
