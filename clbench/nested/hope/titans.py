@@ -116,8 +116,15 @@ class CausalDepthwiseConv(nn.Module):
         self.conv = nn.Conv1d(channels, channels, window, groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, C]
-        padded = F.pad(x.transpose(1, 2), (self.window - 1, 0))  # left pad only: causal
-        return self.conv(padded).transpose(1, 2)
+        # The conv's own parameters, applied as `window` shifted multiply-adds on the token-major
+        # layout: at these sizes (T ~ 17, a window of 4) that is 2-4x faster forward + backward than
+        # aten's depthwise convolution (whose backward dominated), and equal to rounding.
+        w, t = self.conv.weight[:, 0], x.shape[1]  # [C, window]
+        padded = F.pad(x, (0, 0, self.window - 1, 0))  # left pad only: causal
+        out = torch.addcmul(self.conv.bias, padded[:, self.window - 1:], w[:, -1])
+        for j in range(self.window - 1):
+            out = torch.addcmul(out, padded[:, j:j + t], w[:, j])
+        return out
 
 
 class SelfModifyingTitans(nn.Module):
