@@ -62,13 +62,13 @@ class Gates:
         self.lg = torch.cat([self.lg, self.lg[:, -1:] + torch.log(alpha).cumsum(-1)], dim=1)
 
     def rows(self, r0: int, r1: int, ncols: int):
-        """(G [HB, r1 - r0, ncols], Γ [HB, r1 - r0]) for rows r0 .. r1 - 1 (r0 >= -1)."""
+        """(G [HB, r1 - r0, ncols], Γ [HB, r1 - r0, 1]) for rows r0 .. r1 - 1 (r0 >= -1)."""
         lg_rows = self.lg[:, r0 + 1:r1 + 1]
         diff = lg_rows[:, :, None] - self.lg[:, None, 1:ncols + 1]
         ratio = diff.masked_fill(~_causal(r0, r1, ncols, diff.device), float("-inf")).exp()
         if self.dp is not None:  # G = D_Γ D_P: the momentum carries each step forward
             ratio = torch.bmm(ratio, self.dp[:, :ncols, :ncols])
-        return ratio, lg_rows.exp()
+        return ratio, lg_rows.exp()[:, :, None]
 
     def momentum_row(self, r: int, ncols: int) -> torch.Tensor:
         """P_r / P_i for i < ncols: the weights of the momentum after token r."""
@@ -103,7 +103,10 @@ def _blocks(x: torch.Tensor, m: int) -> torch.Tensor:
 
 
 class DualBank:
-    """One bank (M memories x H heads, start matrices [M*H, K, V]) over one sequence."""
+    """One bank (M memories x H heads, start matrices [M*H, K, V]) over one sequence.
+
+    Coefficients come in broadcast shapes: one row (a chunk's snapshot, row c - 1) as g [HB, 1, c]
+    and gamma [HB, 1, 1]; the rows of a chunk's tokens as g [HB, n, e] and gamma [HB, n, 1]."""
 
     def __init__(self, bank, start: dict[str, torch.Tensor], heads: int, batch: int, gates: Gates):
         self.rule, self.gates, self.h, self.b = bank.rule, gates, heads, batch
@@ -142,46 +145,41 @@ class DualBank:
         self.from_start = _by_group(per_memory, self.key_start)  # [M*HB, T, V]
 
     def read(self, c: int, e: int, g_snap: torch.Tensor, gamma_snap: torch.Tensor) -> torch.Tensor:
-        """M_m(z_m) at the start of chunk [c, e) for every memory: [M, HB, e - c, d]. g_snap
-        [HB, c], gamma_snap [HB]: the coefficients of row c - 1."""
+        """M_m(z_m) at the start of chunk [c, e) for every memory: [M, HB, e - c, d]."""
         hb, n = self.inputs.shape[0], e - c
-        pre = self.from_start[:, c:e]
+        pre = self.from_start[:, c:e].view(self.m, hb, n, self.v)
         if self.keys is not None:
             scores = torch.bmm(self.inputs[:, c:e].reshape(hb, -1, self.d), self.keys.transpose(1, 2))
-            hist = _blocks(torch.bmm(scores * g_snap[:, None], self.steps), self.m)
-            pre = (self._repeat(gamma_snap)[:, None, None] * pre).view_as(hist) + hist
-            pre = pre.view(-1, n, self.v)
+            pre = gamma_snap * pre + _blocks(torch.bmm(scores * g_snap, self.steps), self.m)
         if self.linear:
-            return pre.view(self.m, hb, n, -1)
-        out = self.inputs_m[:, c:e] + self._out_read(F.silu(pre), g_snap, gamma_snap)
+            return pre
+        g_m, gamma_m = self._repeat(g_snap), self._repeat(gamma_snap)
+        out = self.inputs_m[:, c:e] + self._out_read(F.silu(pre.view(-1, n, self.v)), g_m, gamma_m)
         return out.view(self.m, hb, n, -1)
 
     def _out_read(self, a, g, gamma, hidden=None, steps=None) -> torch.Tensor:
-        """a S1 for rows a [M*HB, n, h]: g [HB, c'] (one row) or [HB, n, c'] over the history
-        `hidden`, `steps` (default: S1's so far); gamma [HB] or [HB, n]."""
+        """a S1 for rows a [M*HB, n, h], coefficients g, gamma per memory ([M*HB, ...]) over the
+        history `hidden`, `steps` (default: S1's so far)."""
         hidden = self.hidden if hidden is None else hidden
-        steps = self.out_steps if steps is None else steps
-        gamma = self._repeat(gamma)
-        gamma = gamma[:, None, None] if gamma.dim() == 1 else gamma[:, :, None]
         out = gamma * _by_group(a, self.out_start)
         if hidden is None:
             return out
-        g = self._repeat(g)
-        weights = g[:, None] if g.dim() == 2 else g
-        return torch.baddbmm(out, torch.bmm(a, hidden.transpose(1, 2)) * weights, steps)
+        scores = torch.bmm(a, hidden.transpose(1, 2)) * g
+        return torch.baddbmm(out, scores, self.out_steps if steps is None else steps)
 
     # ------------------------------------------------------------------ one chunk of writes
     def _solve(self, k, eta, g_in, rhs, q=None):
         """The chunk's steps U from rhs = diag(eta)(...): (I + L) U = rhs with L_{t,i} =
-        eta_t G_{t-1,i} k_tᵀ k_i (i < t), the DGD term inside the chunk; also q kᵀ for reads."""
-        rows = k if q is None else torch.cat([k, q], dim=1)
+        eta_t G_{t-1,i} k_tᵀ k_i (i < t), the DGD term inside the chunk; also q kᵀ for reads.
+        eta [HB, n, 1]."""
         if not self.rule.dgd:
             return rhs, None if q is None else torch.bmm(q, k.transpose(1, 2))
-        n = k.shape[1]
-        dots = torch.bmm(rows, k.transpose(1, 2))
-        lower = eta[:, :, None] * g_in * dots[:, :n]
-        u = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
-        return u, None if q is None else dots[:, n:]
+        if q is None:
+            dots, q_dots = torch.bmm(k, k.transpose(1, 2)), None
+        else:
+            dots, q_dots = torch.bmm(torch.cat([k, q], dim=1), k.transpose(1, 2)).split(k.shape[1], dim=1)
+        u = torch.linalg.solve_triangular(eta * g_in * dots, rhs, upper=False, unitriangular=True)
+        return u, q_dots
 
     def _append(self, **pieces) -> None:
         for name, x in pieces.items():
@@ -189,22 +187,20 @@ class DualBank:
             setattr(self, name, x if old is None else torch.cat([old, x], dim=1))
 
     def write_linear(self, k, v, eta, g_snap, gamma_snap, g_rows, gamma_rows) -> None:
-        """Learn chunk [c, e) (no reads; the projection bank): k, v [HB, n, d], eta [HB, n];
-        g_rows [HB, n, e], gamma_rows [HB, n]: rows c-1 .. e-2, the S_{t-1} of each token t."""
+        """Learn chunk [c, e) (no reads; the projection bank): k, v [HB, n, d], eta [HB, n, 1];
+        g_rows [HB, n, e], gamma_rows [HB, n, 1]: rows c-1 .. e-2, each token's S_{t-1}."""
         n, c, dgd = k.shape[1], 0 if self.keys is None else self.keys.shape[1], self.rule.dgd
         diff = v - k  # M(v) - M(k) = (v - k) S_{c-1}: the negative inner gradient
         # rhs / eta = (v - k) S_{c-1} - k S_{t-1} without the chunk's own steps; S̄ parts first.
-        base = gamma_snap[:, None, None] * diff
-        if dgd:
-            base = base - gamma_rows[:, :, None] * k
+        base = gamma_snap * diff - gamma_rows * k if dgd else gamma_snap * diff
         rhs = _by_group(base, self.key_wide)
-        if c:
-            scores = torch.bmm(torch.cat([diff, k], dim=1) if dgd else diff, self.keys.transpose(1, 2))
-            coef = scores[:, :n] * g_snap[:, None]
-            if dgd:
-                coef = coef - scores[:, n:] * g_rows[:, :, :c]
-            rhs = torch.baddbmm(rhs, coef, self.steps)
-        u, _ = self._solve(k, eta, g_rows[:, :, c:], eta[:, :, None] * rhs)
+        g_hist, g_in = g_rows.split([c, n], dim=2)
+        if c and dgd:
+            s_diff, s_k = torch.bmm(torch.cat([diff, k], dim=1), self.keys.transpose(1, 2)).split(n, dim=1)
+            rhs = torch.baddbmm(rhs, s_diff * g_snap - s_k * g_hist, self.steps)
+        elif c:
+            rhs = torch.baddbmm(rhs, torch.bmm(diff, self.keys.transpose(1, 2)) * g_snap, self.steps)
+        u, _ = self._solve(k, eta, g_in, eta * rhs)
         self._append(keys=k, steps=u)
 
     def write_mlp(self, k, v, eta, g_snap, gamma_snap, g_rows, gamma_rows, q=None):
@@ -215,48 +211,52 @@ class DualBank:
         # targets), W2's DGD term k S2_{t-1} and the queries' q S2_{t-1}: raw products shared.
         rows = torch.cat([k, v] if q is None else [k, v, q], dim=1)
         raw = _by_group(rows, self.key_wide)  # [HB, 2n (+n), M*h]
-        z_both = gamma_snap[:, None, None] * raw[:, :2 * n]
-        dgd_start = gamma_rows[:, :, None] * raw[:, :n]
+        raw_both, raw_q = raw.split([2 * n, raw.shape[1] - 2 * n], dim=1)
+        z_both = gamma_snap * raw_both
+        dgd_start = gamma_rows * raw_both[:, :n]
+        q_pre = None if q is None else gamma_rows * raw_q
+        g_hist, g_in = g_rows.split([c, n], dim=2)
         if c:
             scores = torch.bmm(rows, self.keys.transpose(1, 2))
-            g_hist = g_rows[:, :, :c]
-            coef = [scores[:, :2 * n] * g_snap[:, None], scores[:, :n] * g_hist]
+            s_both, s_q = scores.split([2 * n, scores.shape[1] - 2 * n], dim=1)
+            coef = [s_both * g_snap, s_both[:, :n] * g_hist] + ([] if q is None else [s_q * g_hist])
+            hist = torch.bmm(torch.cat(coef, dim=1), self.steps).split(n, dim=1)
+            z_both = z_both + torch.cat(hist[:2], dim=1)
+            dgd_start = dgd_start + hist[2]
             if q is not None:
-                coef.append(scores[:, 2 * n:] * g_hist)
-            hist = torch.bmm(torch.cat(coef, dim=1), self.steps)
-            z_both, dgd_start = z_both + hist[:, :2 * n], dgd_start + hist[:, 2 * n:3 * n]
+                q_pre = q_pre + hist[3]
         z_both = self._per_memory(z_both)  # [M*HB, 2n, h]
         a_both = F.silu(z_both)
-        out = self._out_read(a_both, g_snap, gamma_snap)
+        g_m, gamma_m = self._repeat(g_snap), self._repeat(gamma_snap)
+        out_k, out_v = self._out_read(a_both, g_m, gamma_m).split(n, dim=1)
         # M(k) - M(v): the residual part k - v is the same for every memory
-        err = ((out[:, :n] - out[:, n:]).view(self.m, -1, n, self.d) + (k - v)).view(-1, n, self.d)
-        a = a_both[:, :n]
+        err = ((out_k - out_v).view(self.m, -1, n, self.d) + (k - v)).view(-1, n, self.d)
+        z, a = z_both[:, :n], a_both[:, :n]
         # Backprop of 1/2 ||M(k) - M(v)||^2 to W2 at the chunk-start weights: (err S1ᵀ) silu'(z).
-        back = self._repeat(gamma_snap)[:, None, None] * _by_group(err, self.out_start.transpose(1, 2))
+        back = gamma_m * _by_group(err, self.out_start.transpose(1, 2))
         if c:
-            scores = torch.bmm(err, self.out_steps.transpose(1, 2)) * self._repeat(g_snap)[:, None]
-            back = torch.baddbmm(back, scores, self.hidden)
-        w2 = self._wide(back * silu_grad(z_both[:, :n]))
-        rhs = eta[:, :, None] * (-w2 - dgd_start if dgd else -w2)
-        u2, q_dots = self._solve(k, eta, g_rows[:, :, c:], rhs, q)
-        u1 = -w1_step(self._repeat(eta), a, self.rule.w1_step)[:, :, None] * err
-        q_pre = None if q is None else gamma_rows[:, :, None] * raw[:, 2 * n:] + (hist[:, -n:] if c else 0)
+            back = torch.baddbmm(back, torch.bmm(err, self.out_steps.transpose(1, 2)) * g_m, self.hidden)
+        w2 = self._wide(back * silu_grad(z))
+        rhs = eta * (-w2 - dgd_start if dgd else -w2)
+        u2, q_dots = self._solve(k, eta, g_in, rhs, q)
+        u1 = -w1_step(self._repeat(eta[:, :, 0]), a, self.rule.w1_step)[:, :, None] * err
         self._append(keys=k, steps=u2, hidden=a, out_steps=u1)
         if q is None:
             return None
-        z_q = torch.baddbmm(q_pre, q_dots * g_rows[:, :, c:], u2)
+        z_q = torch.baddbmm(q_pre, q_dots * g_in, u2)
         return q + self._out_read(F.silu(z_q), g_rows, gamma_rows)
 
     # ------------------------------------------------------------------ the main memory's pass
     def main_reads(self, k, v, q, eta, g, gamma, chunk: int) -> torch.Tensor:
         """Reads M_{t-1}(q_t) [HB, T, d] of the main memory (M = 1) over the whole sequence,
-        learning from k, v, eta [HB, T(, d)]; g [HB, T+1, T], gamma [HB, T+1]: every row."""
+        learning from k, v [HB, T, d], eta [HB, T, 1]; g [HB, T+1, T], gamma [HB, T+1, 1]: every
+        row (row r at index r + 1)."""
         t = k.shape[1]
         if not self.linear:
             reads = []
             for c in range(0, t, chunk):
                 e = min(c + chunk, t)
-                reads.append(self.write_mlp(k[:, c:e], v[:, c:e], eta[:, c:e], g[:, c, :c], gamma[:, c],
+                reads.append(self.write_mlp(k[:, c:e], v[:, c:e], eta[:, c:e], g[:, c:c + 1, :c], gamma[:, c:c + 1],
                                             g[:, c:e, :e], gamma[:, c:e], q[:, c:e]))
             return torch.cat(reads, dim=1)
         # Linear: every chunk's inputs are known, and u_t is linear in all earlier steps, so the
@@ -265,18 +265,15 @@ class DualBank:
         # where c is t's chunk start (G_{c-1,i} = 0 for i >= c).
         snap = torch.arange(t, device=k.device) // chunk * chunk  # row c - 1 sits at index c
         g_prev, g_snap = g[:, :t], g[:, snap]
-        gamma_prev, gamma_snap = gamma[:, :t, None], gamma[:, snap, None]
+        gamma_prev, gamma_snap = gamma[:, :t], gamma[:, snap]
         diff = v - k
         base = gamma_snap * diff - gamma_prev * k if self.rule.dgd else gamma_snap * diff
-        start = _by_group(torch.cat([base, gamma_prev * q], dim=1), self.key_wide)
-        dots = torch.bmm(torch.cat([diff, k, q], dim=1), k.transpose(1, 2))  # [HB, 3T, T]
-        lower = -g_snap * dots[:, :t]
-        if self.rule.dgd:
-            lower = lower + g_prev * dots[:, t:2 * t]
-        u = torch.linalg.solve_triangular(eta[:, :, None] * lower, eta[:, :, None] * start[:, :t],
-                                          upper=False, unitriangular=True)
+        rhs, q_start = _by_group(torch.cat([base, gamma_prev * q], dim=1), self.key_wide).split(t, dim=1)
+        dk, kk, qk = torch.bmm(torch.cat([diff, k, q], dim=1), k.transpose(1, 2)).split(t, dim=1)
+        lower = g_prev * kk - g_snap * dk if self.rule.dgd else -g_snap * dk
+        u = torch.linalg.solve_triangular(eta * lower, eta * rhs, upper=False, unitriangular=True)
         self.keys, self.steps = k, u
-        return torch.baddbmm(start[:, t:], dots[:, 2 * t:] * g_prev, u)
+        return torch.baddbmm(q_start, qk * g_prev, u)
 
     # ------------------------------------------------------------------ end of the sequence
     def final_state(self, start: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -287,7 +284,7 @@ class DualBank:
         if self.gates.lp is not None:
             weights["m"] = self.gates.momentum_row(t - 1, t)
         # [HB] -> [B, M*H, 1, 1] for every memory
-        gamma = gamma_last.view(h, b).t()[:, None].expand(b, m, h).reshape(b, m * h, 1, 1)
+        gamma = gamma_last.view(h, b).t()[:, None].expand(b, m, h).reshape(b, m * h, 1, 1)  # [HB, 1, 1] -> [B, M*H, 1, 1]
         state = {}
         for kind, coef in weights.items():
             sums = torch.bmm((self.keys * coef[:, :, None]).transpose(1, 2), self.steps)  # [HB, d, M*V]

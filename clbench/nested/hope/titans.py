@@ -287,7 +287,7 @@ class SelfModifyingTitans(nn.Module):
         gates.extend(alpha)  # the main memory's gates are known for every token
         g, gamma = gates.rows(-1, t, t)
         main = DualBank(self.main_memory, start["main"], h, b, gates)
-        o = main.main_reads(k, v, q, eta, g, gamma, self.options.chunk_mem)
+        o = main.main_reads(k, v, q, eta[:, :, None], g, gamma, self.options.chunk_mem)
         token_major = [y.view(h, b, t, -1).permute(1, 2, 0, 3) for y in (k, v, eta[..., None], alpha[..., None], o)]
         self.check_finite(**dict(zip(("k", "v", "eta", "alpha", "read"), token_major, strict=True)))
         if self.training and self.reset_policy != "example":
@@ -305,42 +305,55 @@ class SelfModifyingTitans(nn.Module):
         for p in set(static) & {"k", "q", "v"}:  # static k, v, q are normalised once, for every token
             if p != "v" or opts.normalize_v:
                 static[p] = F.normalize(static[p], dim=-1)
+        # memories whose reads are normalised; k and v together when both are adaptive (indices 0, 1)
+        unit = [p for p in ("k", "v", "q") if p in adaptive and (p != "v" or opts.normalize_v)]
+        rates = self._dual_rates()
         gates = Gates(mu, rows)
         bank = DualBank(self.proj_memory, start, h, b, gates)
         bank.prepare(rows, rows.permute(2, 0, 1, 3).reshape(m * h * b, t, dh))
         write = bank.write_linear if bank.linear else bank.write_mlp
-        g_snap, gamma_snap = rows.new_zeros(h * b, 0), rows.new_ones(h * b)
+        g_snap, gamma_snap = rows.new_zeros(h * b, 1, 0), rows.new_ones(h * b, 1, 1)
         pieces = []
         for c in range(0, t, step):
             e = min(c + step, t)
             read = bank.read(c, e, g_snap, gamma_snap)  # [M, H*B, e - c, dh]
-            made = {p: read[adaptive.index(p)] if p in adaptive else static[p][:, c:e] for p in PROJECTIONS}
-            for p in set(adaptive) & {"k", "q", "v"}:
-                if p != "v" or opts.normalize_v:
-                    made[p] = F.normalize(made[p], dim=-1)
-            eta, alpha = self._dual_rates(read[-2:])  # eta and alpha are always the last two memories
+            made = dict(zip(adaptive, read.unbind(0), strict=True))
+            rest = unit
+            if unit[:2] == ["k", "v"]:
+                made["k"], made["v"] = F.normalize(read[:2], dim=-1).unbind(0)
+                rest = unit[2:]
+            made.update({p: F.normalize(made[p], dim=-1) for p in rest})
+            made.update({p: static[p][:, c:e] for p in static})
+            eta, alpha = rates(read[-2:])  # eta and alpha are always the last two memories
             gates.extend(alpha)
             g, gamma = gates.rows(c - 1, e, e)  # rows c-1 .. e-1: each token's S_{t-1}, then the next snapshot
-            write(made["k"], made["v"], eta, g_snap, gamma_snap, g[:, :-1], gamma[:, :-1])
-            g_snap, gamma_snap = g[:, -1], gamma[:, -1]
+            (g_rows, g_next), (gamma_rows, gamma_next) = g.split([e - c, 1], dim=1), gamma.split([e - c, 1], dim=1)
+            write(made["k"], made["v"], eta[:, :, None], g_snap, gamma_snap, g_rows, gamma_rows)
+            g_snap, gamma_snap = g_next, gamma_next
             pieces.append((made["k"], made["v"], made["q"], eta, alpha))
         k, v, q, eta, alpha = (torch.cat(parts, dim=1) for parts in zip(*pieces, strict=True))
         return k, v, q, eta, alpha, bank
 
-    def _dual_rates(self, features: torch.Tensor):
-        """`rates` from the eta and alpha memories' reads [2, H*B, n, dh] -> eta, alpha [H*B, n]."""
-        h, (_, hb, n, dh) = self.heads, features.shape
+    def _dual_rates(self):
+        """`rates` for dual.py's layout: a function from the eta and alpha memories' reads
+        [2, H*B, n, dh] to eta, alpha [H*B, n]."""
+        h = self.heads
         if "rates" in self.__dict__ or type(self).rates is not SelfModifyingTitans.rates:  # a replaced hook
-            eta, alpha = self.rates(*(f.view(h, -1, n, dh).permute(1, 2, 0, 3) for f in features))
-            return (r.permute(2, 0, 1).reshape(hb, n) for r in (eta, alpha))
-        # rates' arithmetic for both at once (same operations, same order)
+            def hook(features):
+                eta, alpha = self.rates(*(f.view(h, -1, *f.shape[1:]).permute(1, 2, 0, 3) for f in features))
+                return (r.permute(2, 0, 1).reshape(-1, r.shape[1]) for r in (eta, alpha))
+            return hook
+        # rates' arithmetic for both at once (the same operations in the same order)
         readout = torch.stack([self.eta_readout, self.alpha_readout])[:, :, None, None]  # [2, H, 1, 1, dh]
         bias = torch.stack([self.eta_bias, self.alpha_bias])[:, :, None, None]
-        gate = torch.sigmoid((features.view(2, h, -1, n, dh) * readout).sum(-1) + bias).view(2, hb, n)
-        eta = self.options.eta_max * gate[0]
-        if not self.options.retention:
-            return eta, torch.ones_like(eta)
-        return eta, gate[1].clamp_min(1e-6)
+
+        def fused(features):
+            _, hb, n, dh = features.shape
+            gate = torch.sigmoid((features.view(2, h, -1, n, dh) * readout).sum(-1) + bias).view(2, hb, n)
+            eta, alpha = gate.unbind(0)
+            eta = self.options.eta_max * eta
+            return eta, alpha.clamp_min(1e-6) if self.options.retention else torch.ones_like(eta)
+        return fused
 
     def check_finite(self, **tensors: torch.Tensor) -> None:
         """Stop at the first non-finite value of the inner loop, naming the layer, quantity and step."""
