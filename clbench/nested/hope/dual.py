@@ -138,24 +138,27 @@ class DualBank:
         return x if self.m == 1 else x.repeat(self.m, *([1] * (x.dim() - 1)))
 
     # ------------------------------------------------------------------ reads at chunk starts
-    def prepare(self, rows: torch.Tensor, per_memory: torch.Tensor) -> None:
+    def prepare(self, rows: torch.Tensor, per_memory: torch.Tensor, step: int) -> None:
         """The inputs each memory reads: rows [HB, T, M, d], per_memory [M*HB, T, d] (the same
-        values in two layouts). Their S̄ part is one product for the whole sequence."""
-        self.inputs, self.inputs_m = rows, per_memory
-        self.from_start = _by_group(per_memory, self.key_start)  # [M*HB, T, V]
+        values in two layouts), cut into chunks of `step` tokens once (one autograd node each,
+        where slicing every chunk would zero-fill a whole-sequence gradient per chunk). Their S̄
+        part is one product for the whole sequence."""
+        self.inputs, self.inputs_m = rows.split(step, dim=1), per_memory.split(step, dim=1)
+        self.from_start = _by_group(per_memory, self.key_start).split(step, dim=1)  # [M*HB, n, V] each
 
-    def read(self, c: int, e: int, g_snap: torch.Tensor, gamma_snap: torch.Tensor) -> torch.Tensor:
-        """M_m(z_m) at the start of chunk [c, e) for every memory: [M, HB, e - c, d]."""
-        hb, n = self.inputs.shape[0], e - c
-        pre = self.from_start[:, c:e].view(self.m, hb, n, self.v)
+    def read(self, chunk: int, g_snap: torch.Tensor, gamma_snap: torch.Tensor) -> torch.Tensor:
+        """M_m(z_m) at the start of chunk number `chunk` for every memory: [M, HB, n, d]."""
+        rows = self.inputs[chunk]
+        (hb, n), m = rows.shape[:2], self.m
+        pre = self.from_start[chunk].view(m, hb, n, self.v)
         if self.keys is not None:
-            scores = torch.bmm(self.inputs[:, c:e].reshape(hb, -1, self.d), self.keys.transpose(1, 2))
-            pre = gamma_snap * pre + _blocks(torch.bmm(scores * g_snap, self.steps), self.m)
+            scores = torch.bmm(rows.reshape(hb, -1, self.d), self.keys.transpose(1, 2))
+            pre = gamma_snap * pre + _blocks(torch.bmm(scores * g_snap, self.steps), m)
         if self.linear:
             return pre
         g_m, gamma_m = self._repeat(g_snap), self._repeat(gamma_snap)
-        out = self.inputs_m[:, c:e] + self._out_read(F.silu(pre.view(-1, n, self.v)), g_m, gamma_m)
-        return out.view(self.m, hb, n, -1)
+        out = self.inputs_m[chunk] + self._out_read(F.silu(pre.view(-1, n, self.v)), g_m, gamma_m)
+        return out.view(m, hb, n, -1)
 
     def _out_read(self, a, g, gamma, hidden=None, steps=None) -> torch.Tensor:
         """a S1 for rows a [M*HB, n, h], coefficients g, gamma per memory ([M*HB, ...]) over the
@@ -254,10 +257,11 @@ class DualBank:
         t = k.shape[1]
         if not self.linear:
             reads = []
-            for c in range(0, t, chunk):
-                e = min(c + chunk, t)
-                reads.append(self.write_mlp(k[:, c:e], v[:, c:e], eta[:, c:e], g[:, c:c + 1, :c], gamma[:, c:c + 1],
-                                            g[:, c:e, :e], gamma[:, c:e], q[:, c:e]))
+            pieces = zip(*(x.split(chunk, dim=1) for x in (k, v, eta, q)), strict=True)
+            for c, (k_c, v_c, eta_c, q_c) in zip(range(0, t, chunk), pieces, strict=True):
+                e = c + k_c.shape[1]
+                reads.append(self.write_mlp(k_c, v_c, eta_c, g[:, c:c + 1, :c], gamma[:, c:c + 1],
+                                            g[:, c:e, :e], gamma[:, c:e], q_c))
             return torch.cat(reads, dim=1)
         # Linear: every chunk's inputs are known, and u_t is linear in all earlier steps, so the
         # whole sequence is one triangular solve: u_t + Σ_{i<t} eta_t (G_{t-1,i} k_t·k_i

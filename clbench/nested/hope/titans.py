@@ -310,20 +310,21 @@ class SelfModifyingTitans(nn.Module):
         rates = self._dual_rates()
         gates = Gates(mu, rows)
         bank = DualBank(self.proj_memory, start, h, b, gates)
-        bank.prepare(rows, rows.permute(2, 0, 1, 3).reshape(m * h * b, t, dh))
+        bank.prepare(rows, rows.permute(2, 0, 1, 3).reshape(m * h * b, t, dh), step)
+        static = {p: x.split(step, dim=1) for p, x in static.items()}
         write = bank.write_linear if bank.linear else bank.write_mlp
         g_snap, gamma_snap = rows.new_zeros(h * b, 1, 0), rows.new_ones(h * b, 1, 1)
         pieces = []
-        for c in range(0, t, step):
+        for i, c in enumerate(range(0, t, step)):
             e = min(c + step, t)
-            read = bank.read(c, e, g_snap, gamma_snap)  # [M, H*B, e - c, dh]
+            read = bank.read(i, g_snap, gamma_snap)  # [M, H*B, e - c, dh]
             made = dict(zip(adaptive, read.unbind(0), strict=True))
             rest = unit
             if unit[:2] == ["k", "v"]:
                 made["k"], made["v"] = F.normalize(read[:2], dim=-1).unbind(0)
                 rest = unit[2:]
             made.update({p: F.normalize(made[p], dim=-1) for p in rest})
-            made.update({p: static[p][:, c:e] for p in static})
+            made.update({p: x[i] for p, x in static.items()})
             eta, alpha = rates(read[-2:])  # eta and alpha are always the last two memories
             gates.extend(alpha)
             g, gamma = gates.rows(c - 1, e, e)  # rows c-1 .. e-1: each token's S_{t-1}, then the next snapshot
