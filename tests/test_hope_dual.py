@@ -118,3 +118,20 @@ def test_causal_conv_equals_the_depthwise_convolution_it_replaces():
         ref_grads = torch.autograd.grad(ref.square().sum(), [x, *conv.parameters()])
         for g, r in zip(grads, ref_grads, strict=True):
             assert torch.allclose(g, r, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+def test_gate_rows_and_extension_have_the_right_gradients(momentum):
+    from clbench.nested.hope.dual_gates import Gates
+
+    g = torch.Generator().manual_seed(2)
+    alpha = torch.rand(3, 7, generator=g, dtype=torch.float64).mul(0.8).add(0.1).requires_grad_(True)
+    mu = torch.rand(3, 7, generator=g, dtype=torch.float64).requires_grad_(True) if momentum else None
+
+    def rows(alpha, *mu):
+        gates = Gates(mu[0] if mu else None, alpha)
+        gates.extend(alpha[:, :3])
+        gates.extend(alpha[:, 3:])
+        return gates.rows(1, 5, 6)
+
+    assert torch.autograd.gradcheck(rows, (alpha, *([mu] if momentum else [])))

@@ -29,50 +29,11 @@ times wider values: [H*B, n, M*V]. Row r of a coefficient matrix is the state af
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
+from clbench.nested.hope.dual_gates import Gates
 from clbench.nested.hope.memory import silu_grad, w1_step
-
-
-@functools.lru_cache(maxsize=256)
-def _causal(r0: int, r1: int, ncols: int, device: torch.device) -> torch.Tensor:
-    """[r1 - r0, ncols] bool: column i is in row r's sum (i <= r), for rows r0 .. r1 - 1."""
-    return torch.arange(ncols, device=device)[None, :] <= torch.arange(r0, r1, device=device)[:, None]
-
-
-class Gates:
-    """Log-space gate products per (head, example) [H*B, .], extended chunk by chunk.
-
-    lg[:, r + 1] = log Γ_r (lg[:, 0] = 0). With momentum, mu is known up front (it is read from the
-    layer input): dp[j, i] = P_j / P_i for i <= j. Ratios are masked before the exp (no overflow)."""
-
-    def __init__(self, mu: torch.Tensor | None, like: torch.Tensor):
-        self.lg = like.new_zeros(like.shape[0], 1)
-        self.lp = self.dp = None
-        if mu is not None:
-            self.lp = F.pad(torch.log(mu).cumsum(-1), (1, 0))
-            t = mu.shape[-1]
-            diff = self.lp[:, 1:, None] - self.lp[:, None, 1:]
-            self.dp = diff.masked_fill(~_causal(0, t, t, mu.device), float("-inf")).exp()
-
-    def extend(self, alpha: torch.Tensor) -> None:
-        self.lg = torch.cat([self.lg, self.lg[:, -1:] + torch.log(alpha).cumsum(-1)], dim=1)
-
-    def rows(self, r0: int, r1: int, ncols: int):
-        """(G [HB, r1 - r0, ncols], Γ [HB, r1 - r0, 1]) for rows r0 .. r1 - 1 (r0 >= -1)."""
-        lg_rows = self.lg[:, r0 + 1:r1 + 1]
-        diff = lg_rows[:, :, None] - self.lg[:, None, 1:ncols + 1]
-        ratio = diff.masked_fill(~_causal(r0, r1, ncols, diff.device), float("-inf")).exp()
-        if self.dp is not None:  # G = D_Γ D_P: the momentum carries each step forward
-            ratio = torch.bmm(ratio, self.dp[:, :ncols, :ncols])
-        return ratio, lg_rows.exp()[:, :, None]
-
-    def momentum_row(self, r: int, ncols: int) -> torch.Tensor:
-        """P_r / P_i for i < ncols: the weights of the momentum after token r."""
-        return (self.lp[:, r + 1:r + 2] - self.lp[:, 1:ncols + 1]).exp()
 
 
 def shared_start(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:

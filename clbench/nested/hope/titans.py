@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clbench.errors import NonFiniteLossError
-from clbench.nested.hope.dual import DualBank, Gates, shared_start
+from clbench.nested.hope.dual import DualBank, shared_start
+from clbench.nested.hope.dual_gates import Gates
 from clbench.nested.hope.memory import (
     KERNEL_CHOICES,
     MOMENTUM_FORMS,
@@ -120,11 +121,13 @@ class CausalDepthwiseConv(nn.Module):
         # The conv's own parameters, applied as `window` shifted multiply-adds on the token-major
         # layout: at these sizes (T ~ 17, a window of 4) that is 2-4x faster forward + backward than
         # aten's depthwise convolution (whose backward dominated), and equal to rounding.
-        w, t = self.conv.weight[:, 0], x.shape[1]  # [C, window]
+        # Taps as contiguous rows [window, C]: a strided weight column would put every
+        # multiply-add on TensorIterator's slow (non-vectorised) path.
+        w, t = self.conv.weight[:, 0].t().contiguous(), x.shape[1]
         padded = F.pad(x, (0, 0, self.window - 1, 0))  # left pad only: causal
-        out = torch.addcmul(self.conv.bias, padded[:, self.window - 1:], w[:, -1])
+        out = torch.addcmul(self.conv.bias, padded[:, self.window - 1:], w[-1])
         for j in range(self.window - 1):
-            out = torch.addcmul(out, padded[:, j:j + t], w[:, j])
+            out = torch.addcmul(out, padded[:, j:j + t], w[j])
         return out
 
 
@@ -299,8 +302,9 @@ class SelfModifyingTitans(nn.Module):
         [H*B, T, dh], eta, alpha [H*B, T] and the projection bank (for its final state)."""
         opts, adaptive = self.options, self.options.adaptive
         (b, t, _, h, dh), m, step = z.shape, len(adaptive), opts.chunk_other
-        z = z.permute(3, 0, 1, 2, 4)  # [H, B, T, 5, dh]
-        rows = z[:, :, :, [PROJECTIONS.index(p) for p in adaptive]].reshape(h * b, t, m, dh)
+        z = z.permute(3, 0, 1, 2, 4).contiguous()  # [H, B, T, 5, dh]
+        picked = torch.tensor([PROJECTIONS.index(p) for p in adaptive], device=z.device)
+        rows = z.index_select(3, picked).view(h * b, t, m, dh)
         static = {p: z[:, :, :, PROJECTIONS.index(p)].reshape(h * b, t, dh) for p in PROJECTIONS if p not in adaptive}
         for p in set(static) & {"k", "q", "v"}:  # static k, v, q are normalised once, for every token
             if p != "v" or opts.normalize_v:
