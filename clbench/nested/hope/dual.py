@@ -171,31 +171,29 @@ class DualBank:
         """write_linear for MLP memories; with queries q [HB, n, d] (M = 1) also returns the
         reads M_{t-1}(q_t) [HB, n, d]."""
         n, c, dgd = k.shape[1], 0 if self.keys is None else self.keys.shape[1], self.rule.dgd
-        # W2's pre-activations at the chunk start of k and v (M(k) for the error, M(v) as
-        # targets), W2's DGD term k S2_{t-1} and the queries' q S2_{t-1}: raw products shared.
-        rows = torch.cat([k, v] if q is None else [k, v, q], dim=1)
-        raw = _by_group(rows, self.key_wide)  # [HB, 2n (+n), M*h]
-        raw_both, raw_q = raw.split([2 * n, raw.shape[1] - 2 * n], dim=1)
-        z_both = gamma_snap * raw_both
-        dgd_start = gamma_rows * raw_both[:, :n]
-        q_pre = None if q is None else gamma_rows * raw_q
+        # W2's pre-activations of k and v at the chunk start (M(k) for the error, M(v) as targets),
+        # of k at S2_{t-1} (the DGD term) and of q at S2_{t-1} (reads), in one product with S̄2
+        # and one with the history. Γ scales the rows (d wide) rather than the products (M*h wide).
+        scaled = [gamma_snap * k, gamma_snap * v] + ([gamma_rows * k] if dgd else [])
+        scaled += [] if q is None else [gamma_rows * q]
+        pre = _by_group(torch.cat(scaled, dim=1), self.key_wide)  # [HB, 2n (+n) (+n), M*h]
         g_hist, g_in = g_rows.split([c, n], dim=2)
         if c:
-            scores = torch.bmm(rows, self.keys.transpose(1, 2))
-            s_both, s_q = scores.split([2 * n, scores.shape[1] - 2 * n], dim=1)
-            coef = [s_both * g_snap, s_both[:, :n] * g_hist] + ([] if q is None else [s_q * g_hist])
-            hist = torch.bmm(torch.cat(coef, dim=1), self.steps).split(n, dim=1)
-            z_both = z_both + torch.cat(hist[:2], dim=1)
-            dgd_start = dgd_start + hist[2]
-            if q is not None:
-                q_pre = q_pre + hist[3]
+            s_k, s_v, *s_q = torch.bmm(torch.cat([k, v, *([] if q is None else [q])], dim=1),
+                                       self.keys.transpose(1, 2)).split(n, dim=1)
+            coef = [torch.cat([s_k, s_v], dim=1) * g_snap] + ([s_k * g_hist] if dgd else [])
+            coef += [s * g_hist for s in s_q]
+            pre = torch.baddbmm(pre, torch.cat(coef, dim=1), self.steps)
+        z_both, *rest = pre.split([2 * n] + [n] * (pre.shape[1] // n - 2), dim=1)
+        dgd_start = rest.pop(0) if dgd else None
+        q_pre = rest.pop(0) if q is not None else None
         z_both = self._per_memory(z_both)  # [M*HB, 2n, h]
-        a_both = F.silu(z_both)
+        (z, _), (a, a_v) = z_both.split(n, dim=1), F.silu(z_both).split(n, dim=1)
         g_m, gamma_m = self._repeat(g_snap), self._repeat(gamma_snap)
-        out_k, out_v = self._out_read(a_both, g_m, gamma_m).split(n, dim=1)
-        # M(k) - M(v): the residual part k - v is the same for every memory
-        err = ((out_k - out_v).view(self.m, -1, n, self.d) + (k - v)).view(-1, n, self.d)
-        z, a = z_both[:, :n], a_both[:, :n]
+        # M(k) - M(v) = k - v + (a_k - a_v) S1_{c-1}: the read is linear in the hidden rows, and
+        # the residual part k - v is the same for every memory.
+        err = self._out_read(a - a_v, g_m, gamma_m).view(self.m, -1, n, self.d) + (k - v)
+        err = err.view(-1, n, self.d)
         # Backprop of 1/2 ||M(k) - M(v)||^2 to W2 at the chunk-start weights: (err S1ᵀ) silu'(z).
         back = gamma_m * _by_group(err, self.out_start.transpose(1, 2))
         if c:
