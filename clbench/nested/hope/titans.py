@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clbench.errors import NonFiniteLossError
+from clbench.nested.hope.dual import DualBank, shared_start
+from clbench.nested.hope.dual_gates import Gates
 from clbench.nested.hope.memory import (
     KERNEL_CHOICES,
     MOMENTUM_FORMS,
@@ -116,8 +118,17 @@ class CausalDepthwiseConv(nn.Module):
         self.conv = nn.Conv1d(channels, channels, window, groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, C]
-        padded = F.pad(x.transpose(1, 2), (self.window - 1, 0))  # left pad only: causal
-        return self.conv(padded).transpose(1, 2)
+        # The conv's own parameters, applied as `window` shifted multiply-adds on the token-major
+        # layout: at these sizes (T ~ 17, a window of 4) that is 2-4x faster forward + backward than
+        # aten's depthwise convolution (whose backward dominated), and equal to rounding.
+        # Taps as contiguous rows [window, C]: a strided weight column would put every
+        # multiply-add on TensorIterator's slow (non-vectorised) path.
+        w, t = self.conv.weight[:, 0].t().contiguous(), x.shape[1]
+        padded = F.pad(x, (0, 0, self.window - 1, 0))  # left pad only: causal
+        out = torch.addcmul(self.conv.bias, padded[:, self.window - 1:], w[-1])
+        for j in range(self.window - 1):
+            out = torch.addcmul(out, padded[:, j:j + t], w[j])
+        return out
 
 
 class SelfModifyingTitans(nn.Module):
@@ -128,6 +139,7 @@ class SelfModifyingTitans(nn.Module):
         self.options, self.name = options, name
         self.heads, self.head_dim = options.heads, d_model // options.heads
         self.reset_policy = "example"
+        self.dual_path = True  # see uses_dual
         self.carried: dict[str, dict[str, torch.Tensor]] | None = None
         h, dh = self.heads, self.head_dim
         rule = InnerRule(options.dgd, options.momentum, options.momentum_form, options.w1_step,
@@ -199,6 +211,8 @@ class SelfModifyingTitans(nn.Module):
     # ----------------------------------------------------------------- chunked forward
     # Head-major inside: tokens [B, H, T, dh], rates [B, H, T] (memory.py's layout).
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_dual(x):
+            return self._forward_dual(x)
         opts, (b, t, _) = self.options, x.shape
         states = self.start_states(b)
         mu = self.momentum_gates(x)
@@ -220,6 +234,11 @@ class SelfModifyingTitans(nn.Module):
         """k, v, q [B, H, T, dh] and eta, alpha [B, H, T] from `projected_inputs` z, chunk by
         chunk, advancing the projection memories (momentum gates mu [B, H, T] or None); also
         returns their final state."""
+        start = shared_start(state) if self.uses_dual(z) else None
+        if start is not None:
+            k, v, q, eta, alpha, bank = self._dual_projections(z, start, self._heads_outer(mu))
+            made = (self._heads_inner(y) for y in (k, v, q, eta, alpha))
+            return (*made, bank.final_state(start))
         opts, adaptive = self.options, self.options.adaptive
         n_mem, (b, t, _, h, dh) = len(adaptive), z.shape
         z = z.permute(0, 2, 3, 1, 4)  # [B, 5, H, T, dh]
@@ -243,6 +262,103 @@ class SelfModifyingTitans(nn.Module):
             pieces.append((k, v, q, eta, alpha))
         k, v, q, eta, alpha = (torch.cat(parts, dim=2) for parts in zip(*pieces, strict=True))
         return k, v, q, eta, alpha, state
+
+    # ----------------------------------------------------------------- dual form (CPU fast path)
+    def uses_dual(self, x: torch.Tensor) -> bool:
+        """Whether a pass runs the dual form (dual.py): on CPU, with the Titans-form momentum or
+        none, differentiated writes, and no momentum carried over from an earlier batch (the
+        dual form starts from zero momentum). `dual_path = False` keeps the chunked closed forms."""
+        opts = self.options
+        if not self.dual_path or x.device.type != "cpu" or opts.kernels == "triton" or opts.stop_grad_writes:
+            return False
+        return not opts.momentum or (opts.momentum_form == "titans" and self.carried is None)
+
+    def _heads_outer(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """[B, H, ...] -> [H*B, ...] (dual.py's layout)."""
+        return None if x is None else x.transpose(0, 1).reshape(-1, *x.shape[2:])
+
+    def _heads_inner(self, x: torch.Tensor) -> torch.Tensor:
+        """[H*B, ...] -> [B, H, ...] (a view)."""
+        return x.view(self.heads, -1, *x.shape[1:]).transpose(0, 1)
+
+    def _forward_dual(self, x: torch.Tensor) -> torch.Tensor:
+        (b, t, _), h = x.shape, self.heads
+        start = {bank: shared_start(s) for bank, s in self.start_states(1).items()}
+        mu = self._heads_outer(self.momentum_gates(x))
+        k, v, q, eta, alpha, proj = self._dual_projections(self.projected_inputs(x), start["proj"], mu)
+        gates = Gates(mu, k)
+        gates.extend(alpha)  # the main memory's gates are known for every token
+        g, gamma = gates.rows(-1, t, t)
+        main = DualBank(self.main_memory, start["main"], h, b, gates)
+        o = main.main_reads(k, v, q, eta[:, :, None], g, gamma, self.options.chunk_mem)
+        token_major = [y.view(h, b, t, -1).permute(1, 2, 0, 3) for y in (k, v, eta[..., None], alpha[..., None], o)]
+        self.check_finite(**dict(zip(("k", "v", "eta", "alpha", "read"), token_major, strict=True)))
+        if self.training and self.reset_policy != "example":
+            self.carry_over({"proj": proj.final_state(start["proj"]), "main": main.final_state(start["main"])})
+        return self.output(token_major[-1], x)
+
+    def _dual_projections(self, z: torch.Tensor, start, mu: torch.Tensor | None):
+        """`generate` in the dual form from shared start matrices and gates mu [H*B, T]: k, v, q
+        [H*B, T, dh], eta, alpha [H*B, T] and the projection bank (for its final state)."""
+        opts, adaptive = self.options, self.options.adaptive
+        (b, t, _, h, dh), m, step = z.shape, len(adaptive), opts.chunk_other
+        z = z.permute(3, 0, 1, 2, 4).contiguous()  # [H, B, T, 5, dh]
+        picked = torch.tensor([PROJECTIONS.index(p) for p in adaptive], device=z.device)
+        rows = z.index_select(3, picked).view(h * b, t, m, dh)
+        static = {p: z[:, :, :, PROJECTIONS.index(p)].reshape(h * b, t, dh) for p in PROJECTIONS if p not in adaptive}
+        for p in set(static) & {"k", "q", "v"}:  # static k, v, q are normalised once, for every token
+            if p != "v" or opts.normalize_v:
+                static[p] = F.normalize(static[p], dim=-1)
+        # memories whose reads are normalised; k and v together when both are adaptive (indices 0, 1)
+        unit = [p for p in ("k", "v", "q") if p in adaptive and (p != "v" or opts.normalize_v)]
+        rates = self._dual_rates()
+        gates = Gates(mu, rows)
+        bank = DualBank(self.proj_memory, start, h, b, gates)
+        bank.prepare(rows, rows.permute(2, 0, 1, 3).reshape(m * h * b, t, dh), step)
+        static = {p: x.split(step, dim=1) for p, x in static.items()}
+        write = bank.write_linear if bank.linear else bank.write_mlp
+        g_snap, gamma_snap = rows.new_zeros(h * b, 1, 0), rows.new_ones(h * b, 1, 1)
+        pieces = []
+        for i, c in enumerate(range(0, t, step)):
+            e = min(c + step, t)
+            read = bank.read(i, g_snap, gamma_snap)  # [M, H*B, e - c, dh]
+            made = dict(zip(adaptive, read.unbind(0), strict=True))
+            rest = unit
+            if unit[:2] == ["k", "v"]:
+                made["k"], made["v"] = F.normalize(read[:2], dim=-1).unbind(0)
+                rest = unit[2:]
+            made.update({p: F.normalize(made[p], dim=-1) for p in rest})
+            made.update({p: x[i] for p, x in static.items()})
+            eta, alpha = rates(read[-2:])  # eta and alpha are always the last two memories
+            gates.extend(alpha)
+            g, gamma = gates.rows(c - 1, e, e)  # rows c-1 .. e-1: each token's S_{t-1}, then the next snapshot
+            (g_rows, g_next), (gamma_rows, gamma_next) = g.split([e - c, 1], dim=1), gamma.split([e - c, 1], dim=1)
+            write(made["k"], made["v"], eta[:, :, None], g_snap, gamma_snap, g_rows, gamma_rows)
+            g_snap, gamma_snap = g_next, gamma_next
+            pieces.append((made["k"], made["v"], made["q"], eta, alpha))
+        k, v, q, eta, alpha = (torch.cat(parts, dim=1) for parts in zip(*pieces, strict=True))
+        return k, v, q, eta, alpha, bank
+
+    def _dual_rates(self):
+        """`rates` for dual.py's layout: a function from the eta and alpha memories' reads
+        [2, H*B, n, dh] to eta, alpha [H*B, n]."""
+        h = self.heads
+        if "rates" in self.__dict__ or type(self).rates is not SelfModifyingTitans.rates:  # a replaced hook
+            def hook(features):
+                eta, alpha = self.rates(*(f.view(h, -1, *f.shape[1:]).permute(1, 2, 0, 3) for f in features))
+                return (r.permute(2, 0, 1).reshape(-1, r.shape[1]) for r in (eta, alpha))
+            return hook
+        # rates' arithmetic for both at once (the same operations in the same order)
+        readout = torch.stack([self.eta_readout, self.alpha_readout])[:, :, None, None]  # [2, H, 1, 1, dh]
+        bias = torch.stack([self.eta_bias, self.alpha_bias])[:, :, None, None]
+
+        def fused(features):
+            _, hb, n, dh = features.shape
+            gate = torch.sigmoid((features.view(2, h, -1, n, dh) * readout).sum(-1) + bias).view(2, hb, n)
+            eta, alpha = gate.unbind(0)
+            eta = self.options.eta_max * eta
+            return eta, alpha.clamp_min(1e-6) if self.options.retention else torch.ones_like(eta)
+        return fused
 
     def check_finite(self, **tensors: torch.Tensor) -> None:
         """Stop at the first non-finite value of the inner loop, naming the layer, quantity and step."""
