@@ -91,7 +91,7 @@ def memory_and_state(rule: InnerRule, seed=5, B=2, G=3, T=9, d=5, h=6, dtype=tor
 def test_hope_mlp_memory_runs_exactly_the_chunked_path(dgd, stop_grad_writes):
     """MLPMemory.self_update / chunk_update (no momentum): the same bits as the K2 chunked
     path, values and gradients (float32, where a different op order would show)."""
-    rule = InnerRule(dgd=dgd, stop_grad_writes=stop_grad_writes, kernels="reference")
+    rule = InnerRule(dgd=dgd, momentum=False, stop_grad_writes=stop_grad_writes, kernels="reference")
     memory, state, (k, v, eta, alpha, q) = memory_and_state(rule)
     flags = {"dgd": dgd, "stop_grad_writes": stop_grad_writes, "chunk_size": k.shape[2]}
     for self_modifying in (True, False):
@@ -107,7 +107,7 @@ def test_hope_mlp_memory_runs_exactly_the_chunked_path(dgd, stop_grad_writes):
 
 def test_hope_chunk_loop_equals_the_chunk_walk():
     """HOPE's layer calls the memory once per chunk; mlp_memory_chunk walks the same chunks."""
-    memory, state, (k, v, eta, alpha, q) = memory_and_state(InnerRule(kernels="reference"), T=11)
+    memory, state, (k, v, eta, alpha, q) = memory_and_state(InnerRule(momentum=False, kernels="reference"), T=11)
     outs = []
     for start in range(0, 11, 4):
         c = slice(start, start + 4)
@@ -125,10 +125,10 @@ def test_hope_chunk_loop_equals_the_chunk_walk():
 
 
 def test_momentum_token_loop_with_zero_decay_equals_the_closed_form():
-    memory, state, inputs = memory_and_state(InnerRule(momentum=True), dtype=torch.float64)
+    memory, state, inputs = memory_and_state(InnerRule(momentum=True, momentum_form="inner"), dtype=torch.float64)
     with torch.no_grad():
         memory.momentum_logit.fill_(-float("inf"))  # mu = sigmoid(-inf) = 0: the plain rule
-    plain, _, _ = memory_and_state(InnerRule(kernels="reference"), dtype=torch.float64)
+    plain, _, _ = memory_and_state(InnerRule(momentum=False, kernels="reference"), dtype=torch.float64)
     new, o = memory.self_update(state, *inputs)
     ref_new, ref_o = plain.self_update(plain.init_state(state["s2"].shape[0]), *inputs)
     assert torch.allclose(o, ref_o, atol=1e-12, rtol=0)
@@ -293,7 +293,7 @@ def hope_memory_case():
     """HOPE's MLPMemory with kernels="triton" (the K2 kernel per chunk) vs "reference"."""
     out = {}
     for kernels in ("triton", "reference"):
-        memory, state, (k, v, eta, alpha, q) = memory_and_state(InnerRule(kernels=kernels))
+        memory, state, (k, v, eta, alpha, q) = memory_and_state(InnerRule(momentum=False, kernels=kernels))
         new, o = memory.self_update(state, k, v, eta, alpha, q)
         out[kernels] = (
             o,
