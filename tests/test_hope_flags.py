@@ -169,9 +169,13 @@ def record_writes(layer) -> list[torch.Tensor]:
 @pytest.mark.parametrize("retention", [True, False])
 def test_retention_flag_sets_alpha_of_every_write(retention, momentum_form):
     layer, x = make_layer(retention=retention, momentum_form=momentum_form), inputs(t=9)
+    with torch.no_grad():
+        dual = layer(x)  # the CPU dual form (dual.py) where it applies; it has no per-write hook
+    layer.dual_path = False  # the chunked path, whose writes are the banks' self_update calls
     alphas = record_writes(layer)
     with torch.no_grad():
-        layer(x)
+        chunked = layer(x)
+    assert_close(dual, chunked)  # so what holds for the chunked writes holds for the dual form
     assert len(alphas) == 3 + 2  # projection chunks of 4 over 9 tokens, main chunks of 8
     for alpha in alphas:
         if retention:
