@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from timing import interleaved_medians  # benchmarks/timing.py
 
 from clbench.nested.hope.reference import naive_titans
 from clbench.nested.hope.titans import SelfModifyingTitans, TitansOptions
@@ -39,20 +38,6 @@ CONFIGS = [
     ("batch 1, chunks 8/16", 1, 64, 4, "mlp", 8, 16),
 ]
 T = 64
-
-
-def interleaved_medians(fns, repeats: int) -> list[float]:
-    """Median seconds of each function, runs interleaved (a, b, a, b, ...) after one warm-up
-    each, so a change in machine speed during the measurement hits every side alike."""
-    for fn in fns:
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - t0)
-    return [statistics.median(bucket) for bucket in times]
 
 
 def main() -> int:

@@ -24,15 +24,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from results_file import replace_section  # benchmarks/results_file.py
+from timing import interleaved_medians  # benchmarks/timing.py
 
 from clbench.models import count_parameters
 from clbench.nested.hope.zoo import build_hope, build_transformer_matched
@@ -79,19 +78,6 @@ def trainer(model: torch.nn.Module, steps: int):
             optimizer.step()
 
     return run
-
-
-def interleaved_medians(fns, repeats: int) -> list[float]:
-    """Median seconds of each function, runs interleaved after one warm-up each."""
-    for fn in fns:
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - t0)
-    return [statistics.median(bucket) for bucket in times]
 
 
 def main() -> int:

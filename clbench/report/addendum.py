@@ -1,6 +1,6 @@
 """Holm-adjusted p-values for a committed report whose cells are not in the repository.
 
-Reports made before the Holm correction (reports/hope, reports/cms_ablation, reports/text)
+Reports made before the Holm correction (reports/cms_ablation, reports/text)
 hold only their rendered tables and summary.csv; their run dirs were never committed, so they
 cannot be rebuilt until their suites run again. This writes `HOLM.md` beside such a report:
 every paired test its tables showed (each row vs naive on ACC and on forgetting, each row vs
@@ -9,7 +9,7 @@ once, as the current report code does), with the raw p from summary.csv and the
 Holm-adjusted p. A raw p of exactly 0 came from a zero-variance difference, which the old code
 printed as p = 0; it is listed as "zero variance" and left out of the family, as now.
 
-    python -m clbench.report.addendum reports/hope reports/cms_ablation reports/text
+    python -m clbench.report.addendum reports/cms_ablation reports/text
 """
 
 from __future__ import annotations
