@@ -154,22 +154,20 @@ def test_every_step_matches_an_independent_multi_rate_sgd_loop(reduction, path):
     data = batches(30)
     # "experience 1": 23 steps leave partial chunks of 2 (period 3) and 3 (period 5) gradients,
     # so the flush's mean divides by 2 and 3, neither the period nor 1.
-    for t in range(1, 24):
-        x, y = next(data)
-        fired = ref.step(x, y)
-        wrapper_step(net, opt, x, y)
-        assert opt.last_fired == fired, t
-        assert_matches(net, opt, ref, f"after step {t}")
+    def steps(numbers):
+        for t in numbers:
+            x, y = next(data)
+            fired = ref.step(x, y)
+            wrapper_step(net, opt, x, y)
+            assert opt.last_fired == fired, t
+            assert_matches(net, opt, ref, f"after step {t}")
+
+    steps(range(1, 24))
     assert ref.count == [0, 2, 3]
     assert opt.flush() == ref.flush() == [1, 2]
     assert_matches(net, opt, ref, "after the flush")
     # "experience 2": chunks count from the flush, not from multiples of the step number
-    for t in range(24, 31):
-        x, y = next(data)
-        fired = ref.step(x, y)
-        wrapper_step(net, opt, x, y)
-        assert opt.last_fired == fired, t
-        assert_matches(net, opt, ref, f"after step {t}")
+    steps(range(24, 31))
     assert ref.updates == [30, 7 + 1 + 2, 4 + 1 + 1]  # the loop really exercised every level
     if path != "per-level":  # the implementation that was asked for is the one that ran
         assert all(opt.kernel_ran(i) == {PATHS[path]["kernel_impl"]} for i in (1, 2))
