@@ -341,24 +341,14 @@ class SelfModifyingTitans(nn.Module):
 
     def _dual_rates(self):
         """`rates` for dual.py's layout: a function from the eta and alpha memories' reads
-        [2, H*B, n, dh] to eta, alpha [H*B, n]."""
+        [2, H*B, n, dh] to eta, alpha [H*B, n]. It calls `rates` itself, so the gates have one
+        definition (and a replaced `rates` hook reaches the dual path too)."""
         h = self.heads
-        if "rates" in self.__dict__ or type(self).rates is not SelfModifyingTitans.rates:  # a replaced hook
-            def hook(features):
-                eta, alpha = self.rates(*(f.view(h, -1, *f.shape[1:]).permute(1, 2, 0, 3) for f in features))
-                return (r.permute(2, 0, 1).reshape(-1, r.shape[1]) for r in (eta, alpha))
-            return hook
-        # rates' arithmetic for both at once (the same operations in the same order)
-        readout = torch.stack([self.eta_readout, self.alpha_readout])[:, :, None, None]  # [2, H, 1, 1, dh]
-        bias = torch.stack([self.eta_bias, self.alpha_bias])[:, :, None, None]
 
-        def fused(features):
-            _, hb, n, dh = features.shape
-            gate = torch.sigmoid((features.view(2, h, -1, n, dh) * readout).sum(-1) + bias).view(2, hb, n)
-            eta, alpha = gate.unbind(0)
-            eta = self.options.eta_max * eta
-            return eta, alpha.clamp_min(1e-6) if self.options.retention else torch.ones_like(eta)
-        return fused
+        def dual_layout(features):
+            eta, alpha = self.rates(*(f.view(h, -1, *f.shape[1:]).permute(1, 2, 0, 3) for f in features))
+            return (r.permute(2, 0, 1).reshape(-1, r.shape[1]) for r in (eta, alpha))
+        return dual_layout
 
     def check_finite(self, **tensors: torch.Tensor) -> None:
         """Stop at the first non-finite value of the inner loop, naming the layer, quantity and step."""

@@ -94,7 +94,7 @@ def _readout(info, readout: str) -> str:
     return readout
 
 
-def _features(info, profile, size, d_model, depth, heads, tokenizer, patch, readout, cms_levels, cms_hidden_mult,
+def _features(info, size, d_model, depth, heads, tokenizer, patch, readout, cms_levels, cms_hidden_mult,
               cms_variant, make_mixer) -> HopeFeatures:
     _check_common(tokenizer, readout, cms_levels, cms_hidden_mult, cms_variant)
     d, n_blocks, h = _dims(info, size, d_model, depth, heads)
@@ -151,7 +151,7 @@ def build_hope(
         )
         return SelfModifyingTitans(d, options, name=f"blocks.{i}.mixer")
 
-    features = _features(info, profile, size, d_model, depth, heads, tokenizer, patch, readout, cms_levels,
+    features = _features(info, size, d_model, depth, heads, tokenizer, patch, readout, cms_levels,
                          cms_hidden_mult, cms_variant, titans)
     features.set_reset_policy(reset)
     return with_head(features, features.out_features, info)
@@ -167,7 +167,7 @@ def build_hope_attention(
     cms_levels: int = 3, cms_hidden_mult: int = 2, cms_variant: str = "sequential",
     tokenizer: str = "auto", patch: int | None = None, readout: str = "auto", size: str = "auto",
 ) -> nn.Module:
-    features = _features(info, profile, _size(profile, size), d_model, depth, heads, tokenizer, patch, readout,
+    features = _features(info, _size(profile, size), d_model, depth, heads, tokenizer, patch, readout,
                          cms_levels, cms_hidden_mult, cms_variant, lambda d, h, i: CausalAttention(d, h))
     return with_head(features, features.out_features, info)
 
@@ -188,7 +188,7 @@ def build_transformer_matched(
         _, _, h = _dims(info, size, None, depth, heads)
 
         def make(d: int) -> nn.Module:
-            features = _features(info, profile, size, d, depth, h, tokenizer, patch, readout, 1, mlp_mult,
+            features = _features(info, size, d, depth, h, tokenizer, patch, readout, 1, mlp_mult,
                                  "sequential", lambda d_, h_, i: CausalAttention(d_, h_))
             return with_head(features, d, info)
 
