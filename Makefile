@@ -15,7 +15,7 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 # `make bench JOBS=1` runs cells one at a time.
 JOBS   ?= 2
 
-.PHONY: install lock readme bench bench-cifar tune-cifar bench-hope tune-hope bench-text test report bench-full reproduce lint clean-runs tune
+.PHONY: install lock readme bench bench-cifar tune-cifar bench-hope tune-hope bench-text tune-gap bench-gap test report bench-full reproduce lint clean-runs tune
 
 install: $(STAMP)
 
@@ -100,6 +100,15 @@ HOPE_ABLATION_PAIRS = hope_no_dgd:hope hope_no_momentum:hope hope_no_retention:h
 tune-hope: install
 	OMP_NUM_THREADS=1 $(BIN)/clbench tune suites/hope.toml --protocol first_k --k 3 --seeds 100,101 --trials 10 \
 	  --out runs/hope-tune --output suites/hope.tuned.toml --jobs $(JOBS) --report reports/hope/tuning
+
+# The stability-gap suite (docs/stability_gap.md): ~10 min tuning + ~15 min bench on 2 cores.
+tune-gap: install
+	OMP_NUM_THREADS=1 $(BIN)/clbench tune suites/stability_gap.toml --protocol first_k --k 3 --seeds 100,101 --trials 10 \
+	  --out runs/stability_gap-tune --output suites/stability_gap.tuned.toml --jobs $(JOBS) --report reports/stability_gap/tuning
+
+bench-gap: install
+	OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/stability_gap.toml --tuned suites/stability_gap.tuned.toml \
+	  --out runs/stability_gap --jobs $(JOBS) --report reports/stability_gap
 
 bench-text: install
 	OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/text_quick.toml --out runs/text_quick --jobs $(JOBS) --report reports/text

@@ -42,6 +42,11 @@ class TrainConfig:
     eval_mb_size: int = 1024
     # bf16 autocast of the training forward pass, CUDA only (clbench.cifar_train.AmpPlugin).
     amp: bool = False
+    # Anytime evaluation (clbench.anytime, docs/stability_gap.md): every `eval_every` training
+    # iterations, the accuracy on a fixed `eval_subset` test samples of every seen experience.
+    # 0 = off (results then carry no curve and keep the hashes they had before it existed).
+    eval_every: int = 0
+    eval_subset: int = 100
 
 
 @dataclass
@@ -75,6 +80,9 @@ class RunConfig:
             d.pop("tuning")  # untuned cells keep the hashes they had before tuning existed
         if not d["train"]["amp"]:
             d["train"].pop("amp")  # likewise cells from before train.amp existed
+        if not d["train"]["eval_every"]:
+            d["train"].pop("eval_every")  # and from before anytime evaluation existed
+            d["train"].pop("eval_subset")
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
@@ -216,6 +224,9 @@ def validate_train(cfg: RunConfig) -> None:
     for name in ("epochs", "train_mb_size", "eval_mb_size"):
         if getattr(t, name) < 1:
             raise ConfigError(f"bad value for {name}: {getattr(t, name)}; must be a positive integer")
+    if t.eval_every < 0 or t.eval_subset < 1:
+        raise ConfigError(f"bad anytime evaluation: eval_every={t.eval_every}, eval_subset={t.eval_subset}; "
+                          "eval_every must be >= 0 iterations (0 = off) and eval_subset >= 1 samples")
     if t.lr < 0 or t.momentum < 0 or t.weight_decay < 0:
         raise ConfigError(f"bad training values: lr={t.lr}, momentum={t.momentum}, weight_decay={t.weight_decay}; must be >= 0")
     if cfg.profile not in PROFILES:

@@ -110,7 +110,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def build_strategy(cfg: RunConfig, stream, device: torch.device):
+def build_strategy(cfg: RunConfig, stream, device: torch.device, run_plugins=()):
+    """The cell's model and strategy. `run_plugins` are plugins the runner itself adds (anytime
+    evaluation); they follow the config's plugins in the template's plugin list."""
     from clbench.strategy_context import StrategyContext
 
     model = MODELS.get(cfg.model).factory(stream.info, cfg.profile, **cfg.model_args)
@@ -121,6 +123,7 @@ def build_strategy(cfg: RunConfig, stream, device: torch.device):
         spec = PLUGINS.get(name)
         options = spec.params(**cfg.plugin_args.get(name, {})) if spec.params else None
         plugins.append(spec.factory(stream.info, cfg, options))
+    plugins.extend(run_plugins)
     ctx = StrategyContext(model=model, info=stream.info, config=cfg, params=params, device=device, extra_plugins=plugins)
     return model, strategy_spec.factory(ctx)
 
@@ -179,8 +182,9 @@ def run_cell(
                 },
             )
             benchmark = stream.to_benchmark()
+            anytime = anytime_plugin(cfg, stream, device)
             seed_everything(cfg.seed)  # model init does not depend on how the data was drawn
-            model, strategy = build_strategy(cfg, stream, device)
+            model, strategy = build_strategy(cfg, stream, device, run_plugins=[anytime] if anytime else [])
             # The model the strategy trains and the runner evaluates (a closed-form strategy
             # brings its own head; its statistics are buffers, reported as stored_values).
             result["num_params"] = count_parameters(strategy.model)
@@ -200,6 +204,8 @@ def run_cell(
             bar = tqdm(total=len(experiences), desc=result["cell_id"][:60], leave=False, disable=not progress)
             if isinstance(strategy, JointTraining):
                 # Joint training sees the whole stream once; every row is that model.
+                if anytime:
+                    anytime.start_experience(len(experiences) - 1, strategy.model, seen=len(experiences))
                 t0 = time.perf_counter()
                 strategy.train(experiences)
                 result["train_seconds"] += time.perf_counter() - t0
@@ -207,7 +213,9 @@ def run_cell(
                 result["matrix"] = [list(row) for _ in experiences]
                 bar.update(len(experiences))
             else:
-                for exp in experiences:
+                for index, exp in enumerate(experiences):
+                    if anytime:
+                        anytime.start_experience(index, strategy.model)
                     t0 = time.perf_counter()
                     strategy.train(exp)
                     result["train_seconds"] += time.perf_counter() - t0
@@ -218,6 +226,11 @@ def run_cell(
                                                       "higher_is_better": info.higher_is_better}) is False:
                         raise CellStopped(f"stopped by the caller after experience {len(result['matrix']) - 1}")
             bar.close()
+            if anytime:
+                anytime.finish(strategy.model)
+                result["anytime"] = anytime.curve()
+                # The curve was evaluated inside strategy.train: its time is not the method's.
+                result["train_seconds"] -= anytime.seconds_in_training
             # Throughput of the stream itself (replayed or regularisation passes are part of
             # the method's cost, so they lower it rather than count as samples).
             stream_samples = cfg.train.epochs * sum(len(e) for e in stream.train)
@@ -234,6 +247,17 @@ def run_cell(
     result["finished_at"] = _now()
     write_result(Path(run_dir), result)
     return result
+
+
+def anytime_plugin(cfg: RunConfig, stream, device: torch.device):
+    """The anytime-evaluation plugin when `train.eval_every` > 0, else None."""
+    if not cfg.train.eval_every:
+        return None
+    from clbench.anytime import AnytimeEvaluation, fixed_subsets
+
+    subsets = fixed_subsets(stream.test, cfg.train.eval_subset, cfg.seed)
+    return AnytimeEvaluation(subsets, cfg.train.eval_every, device=device,
+                             batch_size=cfg.train.eval_mb_size, metric=stream.info.metric_name)
 
 
 def first_experiences(stream, k: int):

@@ -15,7 +15,8 @@ from typing import Any
 
 from clbench.errors import RunDirConflictError
 
-SCHEMA_VERSION = 1
+# 2: an optional `anytime` curve (train.eval_every); version-1 results are still read.
+SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
 
 

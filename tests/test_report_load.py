@@ -57,7 +57,7 @@ def test_each_bad_cell_gets_a_clear_reason(tmp_path):
     missing = cell(seed=1)
     del missing["matrix"], missing["wall_seconds"]
     write_raw(run_dir, "missing_keys", json.dumps(missing))
-    write_raw(run_dir, "future", json.dumps(cell(seed=2, schema_version=2)))
+    write_raw(run_dir, "future", json.dumps(cell(seed=2, schema_version=3)))
     write_raw(
         run_dir,
         "no_version",
@@ -74,7 +74,7 @@ def test_each_bad_cell_gets_a_clear_reason(tmp_path):
     assert len(run.cells) == 1
     assert why["half_written"].startswith("invalid JSON (half-written?)")
     assert why["missing_keys"].startswith("missing required key(s) wall_seconds, matrix")
-    assert why["future"] == "unknown schema version 2 (this clbench reads version 1)"
+    assert why["future"] == "unknown schema version 3 (this clbench reads versions 1 and 2)"
     assert "no schema_version" in why["no_version"]
     assert why["short_matrix"] == "matrix has 2 rows, expected n_experiences = 3"
     assert why["bad_seed"] == "seed must be an integer, got '5'"
@@ -87,7 +87,7 @@ def test_each_bad_cell_gets_a_clear_reason(tmp_path):
     assert len(result.skipped) == 9
     text = (result.out_dir / "summary.md").read_text()
     assert "## Skipped (9)" in text
-    assert "cells/future/result.json: unknown schema version 2" in text
+    assert "cells/future/result.json: unknown schema version 3" in text
     assert "skipped: " in result.text
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from clbench.errors import ClbenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 2 added the optional `anytime` curve; nothing else changed
 RESULT_FILE = "result.json"
 
 # Keys the report needs from an `ok` cell, with the type each must have.
@@ -146,14 +147,15 @@ def _read_cell(path: Path) -> tuple[dict[str, Any] | None, str]:
 
 
 def validate_result(data: Any) -> str:
-    """ "" when `data` is a usable result dict of schema version 1, else the reason."""
+    """ "" when `data` is a usable result dict (schema version 1 or 2), else the reason."""
     if not isinstance(data, dict):
         return f"not a JSON object (got {type(data).__name__})"
     version = data.get("schema_version")
     if version is None:
         return "no schema_version: not a clbench result.json"
-    if version != SCHEMA_VERSION:
-        return f"unknown schema version {version!r} (this clbench reads version {SCHEMA_VERSION})"
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        return f"unknown schema version {version!r} (this clbench reads versions {readable})"
     status = data.get("status")
     if status == "failed":
         return ""
@@ -192,6 +194,24 @@ def _type_problem(data: dict[str, Any]) -> str:
             return f"matrix row {i} is not a list of {T} numbers"
     if not _is_vector(initial, T):
         return f"initial is not a list of {T} numbers"
+    return _anytime_problem(data.get("anytime"), T)
+
+
+def _anytime_problem(curve: Any, T: int) -> str:
+    """The optional anytime curve (schema 2): parallel lists, one value per task per point."""
+    if curve is None:
+        return ""
+    if not isinstance(curve, dict):
+        return f"anytime must be an object, got {type(curve).__name__}"
+    keys = ("iteration", "experience", "values", "boundaries")
+    if any(not isinstance(curve.get(k), list) for k in keys):
+        return f"anytime needs the lists {', '.join(keys)}"
+    n = len(curve["iteration"])
+    if len(curve["experience"]) != n or len(curve["values"]) != n:
+        return f"anytime lists differ in length ({n} iterations, {len(curve['experience'])} experiences, {len(curve['values'])} values)"
+    for k, row in enumerate(curve["values"]):
+        if not _is_vector(row, T):
+            return f"anytime values[{k}] is not a list of {T} numbers"
     return ""
 
 

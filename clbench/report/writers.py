@@ -19,6 +19,7 @@ from clbench.report.display import DisplayTable, summary_table
 from clbench.report.html import render_html
 from clbench.report.latex import render_latex
 from clbench.report.plots import render_plots
+from clbench.report.stability import write_stability_gap
 from clbench.report.tables import (
     counts_line,
     long_frame,
@@ -59,6 +60,7 @@ def write_outputs(analyses: list[Analysis], out: Path, formats: tuple[str, ...])
         for plot in plots:
             (out / plot.filename).write_bytes(plot.png)
             paths.append(out / plot.filename)
+    paths += write_stability_gap(main.run, out, formats, main.run_name)
     comparison = []
     if len(analyses) > 1:
         frame = compare_frame(analyses)
