@@ -61,6 +61,7 @@ readme: install
 	$(BIN)/python -m clbench.report.readme README.md
 	$(BIN)/python -m clbench.report.readme reports/cifar/FINDINGS.md
 	$(BIN)/python -m clbench.report.readme reports/hope/FINDINGS.md
+	$(BIN)/python -m clbench.report.readme reports/stability_gap/FINDINGS.md
 
 report: install
 	$(BIN)/clbench report runs/quick --out reports/quick

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from clbench.report.readme import BLOCK, headline_table, main, render_blocks
 
@@ -36,8 +37,9 @@ def test_a_hand_edited_number_is_caught(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(text.replace(body, edited))
     for other in BLOCK.finditer(text):  # every block's report, not only the edited one
-        (tmp_path / other.group("path")).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / other.group("path")).write_bytes((ROOT / other.group("path")).read_bytes())
+        name = other.group("path").partition("#")[0]
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
     assert main([str(readme), "--check"]) == 1
     assert main([str(readme)]) == 0 and readme.read_text() == text  # make readme restores it
 
@@ -62,3 +64,12 @@ def test_a_block_naming_a_markdown_file_quotes_its_first_table(tmp_path):
     assert render_blocks(doc, tmp_path) == (
         "intro\n<!-- BEGIN generated: CONTROLS.md -->\n| a | b |\n| --- | ---: |\n| x | 1.5 |\n<!-- END generated -->\nend\n"
     )
+
+
+def test_a_block_can_quote_one_section_of_a_markdown_file(tmp_path):
+    (tmp_path / "gap.md").write_text("# Gap\n\n## pmnist\n\n| a |\n| --- |\n| 1 |\n\n## split_mnist\n\n| a |\n| --- |\n| 2 |\n")
+    text = "<!-- BEGIN generated: gap.md#split_mnist -->\n<!-- END generated -->\n"
+    assert render_blocks(text, tmp_path) == "<!-- BEGIN generated: gap.md#split_mnist -->\n| a |\n| --- |\n| 2 |\n<!-- END generated -->\n"
+    assert "| 1 |" in render_blocks(text.replace("#split_mnist", ""), tmp_path)
+    with pytest.raises(ValueError, match="no section '## cifar'"):
+        render_blocks(text.replace("split_mnist", "cifar"), tmp_path)

@@ -8,7 +8,8 @@ A README block between two markers is rebuilt from a report's `summary.csv`:
 
 A block naming a generated Markdown file instead (e.g. a report's `CONTROLS.md`, written by
 `clbench.report.controls`) copies that file's first table, so planned comparisons can be
-quoted without retyping a number.
+quoted without retyping a number; `FILE.md#name` copies the first table after its heading
+`## name` (one scenario of a report with several).
 
 `python -m clbench.report.readme README.md` (`make readme`) rewrites every such block;
 `--check` only compares, and tests/test_readme_numbers.py runs that comparison, so a README
@@ -78,10 +79,15 @@ def headline_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(text: str, name: str) -> str:
-    """The first Markdown table of a generated file, as its lines."""
+def markdown_table(text: str, name: str, section: str = "") -> str:
+    """The first Markdown table of a generated file (after the heading `## section`, if given), as its lines."""
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    first = 0
+    if section:
+        first = next((i for i, line in enumerate(lines) if line.strip() == f"## {section}"), None)
+        if first is None:
+            raise ValueError(f"{name} has no section '## {section}'")
+    start = next((i for i in range(first, len(lines)) if lines[i].startswith("|")), None)
     if start is None:
         raise ValueError(f"{name} has no Markdown table to quote")
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
@@ -90,11 +96,12 @@ def markdown_table(text: str, name: str) -> str:
 
 def render_blocks(readme_text: str, root: Path) -> str:
     def rebuild(match: re.Match) -> str:
-        path = root / match.group("path")
+        name, _, section = match.group("path").partition("#")  # FILE.md#section: that section's table
+        path = root / name
         if not path.is_file():
-            raise FileNotFoundError(f"README block names {match.group('path')}, which does not exist")
+            raise FileNotFoundError(f"README block names {name}, which does not exist")
         if path.suffix == ".md":
-            return match.group(1) + markdown_table(path.read_text(), match.group("path")) + match.group(4)
+            return match.group(1) + markdown_table(path.read_text(), name, section) + match.group(4)
         return match.group(1) + headline_table(pd.read_csv(path)) + match.group(4)
 
     return BLOCK.sub(rebuild, readme_text)

@@ -56,18 +56,21 @@ def gap_summary(frame: pd.DataFrame) -> pd.DataFrame:
         row["overhead_mean"] = float(g["overhead"].mean())
         out.append(row)
     summary = pd.DataFrame(out)
+    # the reference row first, the others by name
+    summary = summary.sort_values(["scenario", "label"], key=lambda col: col.map(
+        lambda v: (v != REFERENCE, v)) if col.name == "label" else col).reset_index(drop=True)
     summary["vs_reference"], summary["diff_mean"], summary["diff_ci95"], summary["p"] = "", math.nan, math.nan, math.nan
     for scenario, idx in summary.groupby("scenario").groups.items():
         sub = frame[frame["scenario"] == scenario]
         if REFERENCE not in set(sub["label"]):
             continue
-        ref = dict(zip(sub[sub["label"] == REFERENCE]["seed"], sub[sub["label"] == REFERENCE]["gap_worst"]))
+        ref = dict(zip(sub[sub["label"] == REFERENCE]["seed"], sub[sub["label"] == REFERENCE]["gap_worst"], strict=True))
         for i in idx:
             label = summary.at[i, "label"]
             if label == REFERENCE:
                 continue
             mine = sub[sub["label"] == label]
-            d = paired_diff(dict(zip(mine["seed"], mine["gap_worst"])), ref)
+            d = paired_diff(dict(zip(mine["seed"], mine["gap_worst"], strict=True)), ref)
             summary.loc[i, ["vs_reference", "diff_mean", "diff_ci95", "p"]] = [REFERENCE, d.mean, d.ci95, d.p]
         summary.loc[idx, "p_holm"] = holm(summary.loc[idx, "p"].to_numpy())
     return summary
