@@ -102,8 +102,8 @@ class Result:
         return self._metric("bwt")
 
     @property
-    def num_params(self) -> float:
-        return self._metric("num_params") if self.ok else math.nan
+    def num_params(self) -> int | None:
+        return int(self.data["num_params"]) if self.ok else None
 
     @property
     def wall_seconds(self) -> float:
