@@ -145,6 +145,17 @@ def test_a_failed_cell_raises_and_is_stored(tmp_path, capsys):
     assert code == 1 and f"  FAILED {failed.cell_id}: {failed.error}" in capsys.readouterr().out
 
 
+def test_default_out_is_a_new_temporary_dir_per_call(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    args = dict(profile="smoke", data_root=tmp_path / "no_data", download=False, progress=False, check=False)
+    first = clbench.run("split_mnist", "naive", **args)
+    second = clbench.run("split_mnist", "naive", lr=0.5, **args)  # another config: no "config changed" refusal
+    assert first.run_dir != second.run_dir and {first.run_dir.parent, second.run_dir.parent} == {tmp_path}
+    assert first.path.is_file() and second.path.is_file()
+
+
 def test_load_is_one_row_per_cell_i_j_with_the_config(tmp_path, data_root, capsys):
     run_dir = bench(tmp_path, data_root, capsys)
     clbench.run("pmnist", "naive", profile="smoke", out=run_dir, label="nodata", overrides=SMALL,
