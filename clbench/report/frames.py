@@ -71,12 +71,18 @@ def matrix_frame(run: LoadedRun) -> pd.DataFrame:
 
 def cell_arrays(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """cell_id -> (initial of length T, T x T matrix), read back from a `matrix_frame`."""
-    out = {}
     ordered = frame.sort_values(["cell_id", "i", "j"], kind="stable")
-    for cid, g in ordered.groupby("cell_id", sort=False):
-        T = int(g["j"].max()) + 1
-        if len(g) != (T + 1) * T or g["i"].iloc[0] != INITIAL_ROW:
-            raise ValueError(f"cell {cid}: {len(g)} rows in the matrix frame, expected (T + 1) x T = {(T + 1) * T}")
-        values = g["value"].to_numpy(dtype=float).reshape(T + 1, T)
-        out[str(cid)] = (values[0], values[1:])
+    ids, i, j = (ordered[c].to_numpy() for c in ("cell_id", "i", "j"))
+    values = ordered["value"].to_numpy(dtype=float)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if not len(ids):
+        return out
+    # Slices of consecutive rows per cell: a pandas groupby costs ~0.5 ms per cell.
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    for start, end in zip(starts, [*starts[1:], len(ids)], strict=True):
+        T = int(j[start:end].max()) + 1
+        if end - start != (T + 1) * T or i[start] != INITIAL_ROW:
+            raise ValueError(f"cell {ids[start]}: {end - start} rows in the matrix frame, expected (T + 1) x T = {(T + 1) * T}")
+        block = values[start:end].reshape(T + 1, T)
+        out[str(ids[start])] = (block[0], block[1:])
     return out
