@@ -41,7 +41,7 @@ class CellFailedError(ClbenchError):
         self.result = result
 
 
-@dataclass
+@dataclass(eq=False)  # a DataFrame field has no truth value: compare `data` instead
 class Result:
     """One stored cell, as `run` returns it. `data` is the result.json dict itself."""
 
