@@ -18,4 +18,19 @@ from clbench.registry import (  # noqa: E402  (the public registration API)
     register_strategy,
 )
 
-__all__ = ["register_model", "register_plugin", "register_scenario", "register_strategy", "__version__"]
+__all__ = [
+    "CellFailedError", "Result", "load", "register_model", "register_plugin", "register_scenario",
+    "register_strategy", "run", "summary", "__version__",
+]  # fmt: skip
+
+# The Python API (docs/api.md), imported on first use: `import clbench` must stay cheap
+# (no torch, no pandas) because every worker and console script starts with it.
+_API = ("CellFailedError", "Result", "load", "run", "summary")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from clbench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'clbench' has no attribute {name!r}")

@@ -123,33 +123,22 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from clbench.api import run
     from clbench.config import parse_set_args
-    from clbench.resolve import resolve_config
-    from clbench.suite import outcome_lines, run_suite
-
-    _load_plugins(args.plugin)
-    cfg = resolve_config(args.scenario, args.strategy, seed=args.seed, profile=args.profile,
-                         overrides=parse_set_args(args.sets))
     from clbench.engines import EngineOptions
+    from clbench.suite import outcome_lines
 
-    outcome = run_suite([cfg], Path(args.out), resume=False, data_root=args.data_root, download=args.download,
-                        progress=not args.quiet, suite_name=f"{cfg.scenario}/{cfg.label}",
-                        options=EngineOptions(deterministic=args.deterministic))
-    _print_cell_summary(Path(args.out), outcome)
-    print("\n".join(outcome_lines(outcome)))
-    return 0 if not outcome.failed else 1
-
-
-def _print_cell_summary(run_dir: Path, outcome) -> None:
-    from clbench.metrics import cell_metrics
-    from clbench.store import read_result, result_path
-
-    for cid in outcome.ok:
-        result = read_result(result_path(run_dir, cid))
-        m = cell_metrics(result)
-        name = "BPC" if result.get("metric_name") == "bpc" else "ACC"  # final mean of the metric
-        print(f"{cid}: {name} {m['acc']:.4f}  forgetting {m['forgetting']:.4f}  BWT {m['bwt']:.4f}  "
-              f"wall {result['wall_seconds']:.1f}s")
+    # The Python API's own function (docs/api.md): one path for validation, running and storing.
+    result = run(args.scenario, args.strategy, seed=args.seed, profile=args.profile, out=args.out,
+                 overrides=parse_set_args(args.sets), data_root=args.data_root, download=args.download,
+                 progress=not args.quiet, plugin_files=args.plugin,
+                 options=EngineOptions(deterministic=args.deterministic), check=False)
+    if result.ok:
+        name = "BPC" if result.data.get("metric_name") == "bpc" else "ACC"  # final mean of the metric
+        print(f"{result.cell_id}: {name} {result.acc:.4f}  forgetting {result.forgetting:.4f}  "
+              f"BWT {result.bwt:.4f}  wall {result.wall_seconds:.1f}s")
+    print("\n".join(outcome_lines(result.outcome)))
+    return 0 if result.ok else 1
 
 
 def cmd_bench(args) -> int:

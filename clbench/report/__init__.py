@@ -3,8 +3,10 @@
 Public API:
 
 * `load_run(run_dir) -> LoadedRun`: valid cells, failed cells and skipped files with reasons.
-* `write_summary_csv(run_dir_or_results, path=None) -> Path`: RUN_DIR/summary.csv,
-  one row per (scenario, label); the runner calls it after every suite.
+* `summary_table(run_dir_or_results) -> DataFrame`: the rows of summary.csv, one per
+  (scenario, label); `clbench.summary` is this function.
+* `write_summary_csv(run_dir_or_results, path=None) -> Path`: `summary_table` written to
+  RUN_DIR/summary.csv; `clbench bench` calls it after every suite.
 * `build_report(run_dir, out_dir=None, formats=..., compare=()) -> ReportResult`:
   summary.md / .csv / .tex, long.csv, PNG figures, report.html, and with `compare`
   compare.md / compare.csv. Metric definitions: docs/metrics.md.
@@ -33,7 +35,7 @@ from clbench.report.tables import SUMMARY_COLUMNS, summary_frame, write_csv
 
 __all__ = [
     "FORMATS", "FailedCell", "LoadedRun", "ReportResult", "Skipped",
-    "build_report", "load_results", "load_run", "write_summary_csv",
+    "build_report", "load_results", "load_run", "summary_table", "write_summary_csv",
 ]  # fmt: skip
 
 FORMATS = ("md", "csv", "tex", "html", "png")
@@ -63,8 +65,17 @@ def write_summary_csv(run_dir_or_results: Any, path: str | Path | None = None) -
         if run.run_dir == IN_MEMORY:
             raise ClbenchError("write_summary_csv: give `path` when passing result dicts")
         path = run.run_dir / "summary.csv"
+    return write_csv(summary_table(run), Path(path))
+
+
+def summary_table(run_dir_or_results: Any) -> pd.DataFrame:
+    """The rows and columns (SUMMARY_COLUMNS) of summary.csv; `clbench.summary` is this.
+
+    Accepts what `write_summary_csv` accepts. No valid cell gives no rows, not an error.
+    """
+    run = _as_loaded_run(run_dir_or_results)
     frame = summary_frame(analyze(run)) if run.cells else pd.DataFrame(columns=SUMMARY_COLUMNS)
-    return write_csv(frame[SUMMARY_COLUMNS], Path(path))
+    return frame[SUMMARY_COLUMNS].reset_index(drop=True)
 
 
 def _as_loaded_run(source: Any) -> LoadedRun:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from clbench.metrics import COST_FIELDS, SCALAR_METRICS, as_matrix, cell_metrics
+from clbench.report.frames import cell_arrays, matrix_frame
 from clbench.report.load import LoadedRun
 from clbench.report.stats import OK, holm, mde_in_sd, paired_diff, t_975
 
@@ -94,10 +95,16 @@ def paired_p(a: dict[int, float], b: dict[int, float]) -> tuple[float, int]:
 
 
 def analyze(run: LoadedRun) -> Analysis:
-    """Compute every metric of every cell, then aggregate over seeds."""
+    """Compute every metric of every cell, then aggregate over seeds.
+
+    Matrices are read back from `matrix_frame` (what `clbench.load` returns), so the
+    report and the API cannot disagree on a cell's numbers.
+    """
+    arrays = cell_arrays(matrix_frame(run))
     by_group: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for data in run.cells:
-        by_group[(data["scenario"], data["label"])].append(data)
+        initial, matrix = arrays[data["cell_id"]]
+        by_group[(data["scenario"], data["label"])].append({**data, "initial": initial, "matrix": matrix})
     scenarios = _scenario_info(by_group)
     joint_refs = _joint_references(by_group, scenarios)
 
