@@ -110,6 +110,7 @@ tune-gap: install
 bench-gap: install
 	OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/stability_gap.toml --tuned suites/stability_gap.tuned.toml \
 	  --out runs/stability_gap --jobs $(JOBS) --report reports/stability_gap
+	$(BIN)/python -m clbench.report.controls reports/stability_gap cms:cms_p1 cms:naive cms:ewc cms:replay
 
 bench-text: install
 	OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/text_quick.toml --out runs/text_quick --jobs $(JOBS) --report reports/text

@@ -19,13 +19,13 @@ from clbench.registry import (  # noqa: E402  (the public registration API)
 )
 
 __all__ = [
-    "CellFailedError", "Result", "load", "register_model", "register_plugin", "register_scenario",
+    "CellFailedError", "Result", "curves", "load", "register_model", "register_plugin", "register_scenario",
     "register_strategy", "run", "summary", "__version__",
 ]  # fmt: skip
 
 # The Python API (docs/api.md), imported on first use: `import clbench` must stay cheap
 # (no torch, no pandas) because every worker and console script starts with it.
-_API = ("CellFailedError", "Result", "load", "run", "summary")
+_API = ("CellFailedError", "Result", "curves", "load", "run", "summary")
 
 
 def __getattr__(name: str):

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from clbench.engines import EngineOptions
     from clbench.suite import SuiteOutcome
 
-__all__ = ["CellFailedError", "Result", "load", "run", "summary"]
+__all__ = ["CellFailedError", "Result", "curves", "load", "run", "summary"]
 
 
 class CellFailedError(ClbenchError):
@@ -217,6 +217,16 @@ def load(run_dir: str | Path) -> pd.DataFrame:
     from clbench.report.load import load_run
 
     return matrix_frame(load_run(run_dir))
+
+
+def curves(run_dir: str | Path) -> pd.DataFrame:
+    """The anytime-evaluation curves of `run_dir` (cells run with train.eval_every > 0), one row
+    per (cell, evaluated iteration, seen task j): clbench.report.frames.CURVE_COLUMNS.
+    docs/stability_gap.md defines them; cells without a curve give no rows."""
+    from clbench.report.frames import curve_frame
+    from clbench.report.load import load_run
+
+    return curve_frame(load_run(run_dir))
 
 
 def summary(run_dir: str | Path) -> pd.DataFrame:

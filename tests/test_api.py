@@ -221,3 +221,22 @@ def test_import_clbench_stays_light():
             "assert 'pandas' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_curves_is_one_row_per_cell_point_and_seen_task(tmp_path, data_root, capsys):
+    import clbench
+
+    out = tmp_path / "run"
+    result = clbench.run("pmnist", "naive", profile="smoke", out=out, progress=False, data_root=data_root,
+                         overrides={"train.eval_every": 4, "train.eval_subset": 1000, "scenario.train_per_exp": 128})
+    clbench.run("pmnist", "ewc", profile="smoke", out=out, progress=False, data_root=data_root,
+                overrides={"scenario.train_per_exp": 128})  # no curve: no rows
+    curve = result.data["anytime"]
+    frame = clbench.curves(out)
+    assert set(frame["label"]) == {"naive"}
+    # seen tasks only: 1 at points of experience 0, 2 of experience 1, ...
+    assert len(frame) == sum(e + 1 for e in curve["experience"])
+    last = frame[frame.iteration == curve["iteration"][-1]]
+    assert last.sort_values("j")["value"].tolist() == result.data["matrix"][-1]
+    first_points = frame[(frame.j == 0)].sort_values(["iteration", "experience"])["value"].tolist()
+    assert first_points == [v[0] for v in curve["values"]]

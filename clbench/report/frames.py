@@ -86,3 +86,20 @@ def cell_arrays(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]
         block = values[start:end].reshape(T + 1, T)
         out[str(ids[start])] = (block[0], block[1:])
     return out
+
+
+CURVE_COLUMNS = ["cell_id", "scenario", "label", "strategy", "seed", "iteration", "experience", "j", "value"]
+
+
+def curve_frame(run: LoadedRun) -> pd.DataFrame:
+    """The anytime curves (train.eval_every) of `run` in long format: one row per (cell, point,
+    seen task j). Cells without a curve have no rows; tasks not yet seen at a point are left out."""
+    rows = []
+    for data in run.cells:
+        curve = data.get("anytime")
+        if not curve:
+            continue
+        head = [data[k] for k in CURVE_COLUMNS[:5]]
+        for it, exp, values in zip(curve["iteration"], curve["experience"], curve["values"], strict=True):
+            rows += [[*head, it, exp, j, float(v)] for j, v in enumerate(values) if v is not None]
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
