@@ -29,6 +29,8 @@ import csv
 import importlib
 import importlib.util
 import os
+import queue
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -270,7 +272,13 @@ class Tracker:
         self.metric_name, self.iteration = metric_name, 0
         self.losses: list = []  # (step, detached loss tensor)
         self.lrs: list[tuple[int, dict[str, float]]] = []
+        self.batch: list[tuple[str, float, int]] = []
         self.loggers: list = []
+        # The loggers are fed by one thread, in order: a wandb.log call waits ~1 ms on W&B's
+        # service, which would otherwise stall every training iteration (benchmarks/tracking_overhead.md).
+        self.queue: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._drain, name="clbench-tracking", daemon=True)
         try:
             for name in names:
                 sub, factory = FACTORIES[name]
@@ -278,6 +286,21 @@ class Tracker:
         except BaseException:
             self.close(failed=True)
             raise
+        self.thread.start()
+
+    def _drain(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # a logger failed: the cell fails at close; drop the rest
+            try:
+                for name, value, step in batch:
+                    for logger in self.loggers:
+                        logger.log_single_metric(name, value, step)
+                for logger in self.loggers:
+                    if hasattr(logger, "flush"):
+                        logger.flush()
+            except BaseException as exc:
+                self.error = exc
 
     def plugin(self):
         from avalanche.core import SupervisedPlugin
@@ -303,11 +326,15 @@ class Tracker:
             self.flush()
 
     def _log(self, name: str, value, step: int) -> None:
-        for logger in self.loggers:
-            logger.log_single_metric(name, value, step)
+        self.batch.append((name, value, step))
+
+    def _send(self) -> None:
+        if self.batch:
+            self.queue.put(self.batch)
+            self.batch = []
 
     def flush(self) -> None:
-        """Send the buffered training values (one device sync for the losses) to every logger."""
+        """Send the buffered training values (one device sync for the losses) to the loggers' thread."""
         losses = {}
         if self.losses:
             import torch
@@ -322,9 +349,7 @@ class Tracker:
             for name, lr in rates.items():
                 self._log(name, float(lr), step)
         self.losses, self.lrs = [], []
-        for logger in self.loggers:
-            if hasattr(logger, "flush"):
-                logger.flush()
+        self._send()
 
     def log_row(self, experience: int | None, row) -> None:
         """An accuracy row: after training experience `experience`, or None for the untrained model."""
@@ -336,9 +361,7 @@ class Tracker:
             seen = [float(v) for v in row[:experience + 1]]
             self._log(f"eval/{self.metric_name}/avg_seen", sum(seen) / len(seen), self.iteration)
             self._log("eval/experience", experience + 1, self.iteration)
-        for logger in self.loggers:
-            if hasattr(logger, "flush"):
-                logger.flush()
+        self._send()
 
     def close(self, failed: bool = False) -> None:
         """Flush and close every logger; the first error is raised after all are closed."""
@@ -347,6 +370,10 @@ class Tracker:
             self.flush()
         except Exception as exc:
             error = exc
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        error = error or self.error
         for logger in self.loggers:
             try:
                 logger.close(failed=failed)
