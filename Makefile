@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.clbench-installed
 # Every install pins every distribution to the committed lock (all extras included), so two
 # fresh installs a month apart are the same program. `make lock` regenerates it on purpose.
 LOCK   := requirements/lock.txt
-EXTRAS := dev,dist,text
+EXTRAS := dev,dist,text,track
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 # Two worker processes with one torch thread each: the setting the 10-minute
 # figure in benchmarks/RESULTS.md was measured with, and robust when something

@@ -166,6 +166,7 @@ def run(
     progress: bool = True,
     plugin_files: list[str] = (),
     deterministic: bool = False,
+    log: tuple[str, ...] | list[str] = (),
     options: EngineOptions | None = None,
     check: bool = True,
     **kw_overrides: Any,
@@ -190,9 +191,13 @@ def run(
     cfg = resolve_config(scenario, strategy, seed=seed, profile=profile,
                          overrides=config_overrides(overrides, kw_overrides))
     if options is None:
-        options = EngineOptions(deterministic=deterministic)
-    elif deterministic:
-        raise ConfigError("give deterministic=True either directly or in options, not both")
+        from clbench.tracking import parse_log, require
+
+        log = parse_log([log] if isinstance(log, str) else log)  # "tensorboard" or a list of names
+        require(log)  # a missing extra: one line before anything runs, as with `--log`
+        options = EngineOptions(deterministic=deterministic, log=log)  # a missing extra: one line before anything runs, as `--log`
+    elif deterministic or log:
+        raise ConfigError("give deterministic and log either directly or in options, not both")
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="clbench-run-"))
     outcome = run_suite([cfg], run_dir, resume=False, data_root=data_root, download=download,
                         plugin_files=list(plugin_files), progress=progress,

@@ -30,6 +30,24 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _add_log_arg(p: argparse.ArgumentParser) -> None:
+    from clbench.tracking import TRACKERS
+
+    p.add_argument("--log", action="append", default=None, metavar="|".join(TRACKERS),
+                   help="log each cell's loss, learning rates and accuracies to this tracker (repeatable; "
+                        "replaces a suite's `log`; `none` for no tracker); files under RUN_DIR/tracking, "
+                        "see docs/tracking.md")
+
+
+def tracking_choice(args, suite_log=()) -> tuple[str, ...]:
+    """The trackers of a command: --log when given, else the suite's; checked to be installed."""
+    from clbench.tracking import parse_log, require
+
+    names = parse_log(args.log) if args.log is not None else parse_log(suite_log)
+    require(names)
+    return names
+
+
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     from clbench.engines import ENGINES
 
@@ -63,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/single", help="run directory (default: runs/single)")
     p.add_argument("--deterministic", action="store_true",
                    help="torch deterministic algorithms: bit-identical GPU runs, or an error naming the op that has none")
+    _add_log_arg(p)
     _add_data_args(p)
 
     p = sub.add_parser("bench", help="run a suite file (scenarios x strategies x seeds), resumable")
@@ -74,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local engine: cells run in parallel worker processes (default 1)")
     p.add_argument("--report", metavar="DIR", help="also write the report to DIR when the suite ends")
     p.add_argument("--tuned", metavar="FILE", help="apply the values of a `clbench tune` file to its rows")
+    _add_log_arg(p)
     _add_engine_args(p)
     _add_data_args(p)
 
@@ -85,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     from clbench.reproduce import add_reproduce_parser
     from clbench.tune.command import add_tune_parser
 
-    add_tune_parser(sub, _add_engine_args, _add_data_args)
+    _add_log_arg(add_tune_parser(sub, _add_engine_args, _add_data_args))
     add_reproduce_parser(sub)
     return parser
 
@@ -132,7 +152,8 @@ def cmd_run(args) -> int:
     result = run(args.scenario, args.strategy, seed=args.seed, profile=args.profile, out=args.out,
                  overrides=parse_set_args(args.sets), data_root=args.data_root, download=args.download,
                  progress=not args.quiet, plugin_files=args.plugin,
-                 options=EngineOptions(deterministic=args.deterministic), check=False)
+                 options=EngineOptions(deterministic=args.deterministic, log=tracking_choice(args)),
+                 check=False)
     if result.ok:
         name = "BPC" if result.data.get("metric_name") == "bpc" else "ACC"  # final mean of the metric
         print(f"{result.cell_id}: {name} {result.acc:.4f}  forgetting {result.forgetting:.4f}  "
@@ -149,6 +170,7 @@ def cmd_bench(args) -> int:
 
     suite = load_suite(args.suite)
     options = engine_options(args)
+    options.log = tracking_choice(args, suite.log)
     if options.engine == "local" and (options.jobs > 1 or options.cell_timeout):
         from clbench.engines.local import start_fork_server
 
@@ -245,7 +267,12 @@ def cmd_report(args) -> int:
 def cmd_tune(args) -> int:
     from clbench.tune.command import cmd_tune as run_tune
 
-    return run_tune(args, engine_options=engine_options, default_run_dir=default_run_dir, load_plugins=_load_plugins)
+    def options_with_log(args):  # trials log only with --log: a suite's `log` is for its evaluation cells
+        options = engine_options(args)
+        options.log = tracking_choice(args)
+        return options
+
+    return run_tune(args, engine_options=options_with_log, default_run_dir=default_run_dir, load_plugins=_load_plugins)
 
 
 def cmd_reproduce(args) -> int:

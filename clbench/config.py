@@ -277,6 +277,8 @@ class SuiteConfig:
     # Skip (and list) strategy x scenario pairs the strategy does not support,
     # instead of refusing the whole suite.
     skip_unsupported: bool = False
+    # Trackers for every cell (`--log`, docs/tracking.md); `--log` on the command line replaces them.
+    log: list[str] = field(default_factory=list)
 
 
 SUITE_KEYS = {f.name for f in dataclasses.fields(SuiteConfig)}
@@ -335,6 +337,9 @@ def load_suite(path: str | Path) -> SuiteConfig:
         else:
             values[key] = coerce(value, types_[key], f"{path.name}: {key}")
     suite = SuiteConfig(**values)
+    from clbench.tracking import parse_log
+
+    suite.log = list(parse_log(suite.log, f"{path.name}: log"))
     if suite.profile not in PROFILES:
         raise ConfigError(f"{path}: bad profile {suite.profile!r}; accepted: {', '.join(PROFILES)}")
     if not suite.strategies and not suite.variants:

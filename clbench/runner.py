@@ -130,9 +130,12 @@ def build_strategy(cfg: RunConfig, stream, device: torch.device, run_plugins=())
 
 def run_cell(
     cfg: RunConfig, run_dir: Path, *, data_root=None, download: bool | None = None, progress: bool = True,
-    on_row=None,
+    on_row=None, tracking=(), tracking_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one cell, write its result.json, and return the result.
+
+    `tracking` names trackers (`clbench.tracking.TRACKERS`) that get the cell's training
+    loss, learning rates and accuracy rows, under `tracking_dir` (default RUN_DIR/tracking).
 
     `on_row(progress)`, if given, is called after each experience's evaluation with
     {"experience", "row", "higher_is_better"}; when it returns False the cell stops
@@ -159,6 +162,7 @@ def run_cell(
     }
     wall0, cpu0 = time.perf_counter(), time.process_time()
     memory = PeakMemory()
+    tracker = None
     try:
         with memory, fastdata.fast_fetch():
             device = pick_device(cfg.device)
@@ -185,6 +189,13 @@ def run_cell(
             anytime = anytime_plugin(cfg, stream, device)
             seed_everything(cfg.seed)  # model init does not depend on how the data was drawn
             model, strategy = build_strategy(cfg, stream, device, run_plugins=[anytime] if anytime else [])
+            if tracking:
+                from clbench.tracking import Tracker
+
+                tracker = Tracker(tracking, cfg, result["cell_id"],
+                                  tracking_dir if tracking_dir is not None else Path(run_dir) / "tracking",
+                                  metric_name=info.metric_name)
+                strategy.plugins.append(tracker.plugin())  # after the strategy's own: it reads the finished step
             # The model the strategy trains and the runner evaluates (a closed-form strategy
             # brings its own head; its statistics are buffers, reported as stored_values).
             result["num_params"] = count_parameters(strategy.model)
@@ -200,6 +211,8 @@ def run_cell(
                 return row
 
             result["initial"] = initial_row(evaluate, len(stream.test), result)
+            if tracker is not None:
+                tracker.log_row(None, result["initial"])
             experiences = list(benchmark.train_stream)
             bar = tqdm(total=len(experiences), desc=result["cell_id"][:60], leave=False, disable=not progress)
             if isinstance(strategy, JointTraining):
@@ -211,6 +224,8 @@ def run_cell(
                 result["train_seconds"] += time.perf_counter() - t0
                 row = evaluate()
                 result["matrix"] = [list(row) for _ in experiences]
+                if tracker is not None:
+                    tracker.log_row(len(experiences) - 1, row)
                 bar.update(len(experiences))
             else:
                 for index, exp in enumerate(experiences):
@@ -220,6 +235,8 @@ def run_cell(
                     strategy.train(exp)
                     result["train_seconds"] += time.perf_counter() - t0
                     result["matrix"].append(evaluate())
+                    if tracker is not None:
+                        tracker.log_row(len(result["matrix"]) - 1, result["matrix"][-1])
                     bar.update(1)
                     if on_row is not None and on_row({"experience": len(result["matrix"]) - 1,
                                                       "row": result["matrix"][-1],
@@ -241,6 +258,12 @@ def run_cell(
     except Exception as exc:  # recorded, never raised: one cell must not lose the others
         result["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         result["traceback"] = traceback.format_exc()
+    if tracker is not None:
+        try:
+            tracker.close(failed=result["status"] != "ok")
+        except Exception as exc:  # the user asked for these logs: losing them fails the cell
+            result.update(status="failed", error=f"tracking: {type(exc).__name__}: {exc}".splitlines()[0][:500],
+                          traceback=traceback.format_exc())
     result["peak_rss_mb"] = round(memory.peak_mb, 1)
     result["wall_seconds"] = time.perf_counter() - wall0
     result["cpu_seconds"] = time.process_time() - cpu0  # this process's CPU time, all its threads

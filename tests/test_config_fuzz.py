@@ -71,6 +71,7 @@ FIELDS = {
         values, keyed(["grid", "range", "log", "x"])))))),
     "plugin_files": values,
     "skip_unsupported": values,
+    "log": st.one_of(values, st.lists(st.sampled_from(["tensorboard", "csv", "none", "tb", ""]), max_size=3)),
     "unknown_key": values,
 }
 one_field = st.one_of([st.fixed_dictionaries({key: field}) for key, field in FIELDS.items()])

@@ -33,11 +33,16 @@ def test_ray_gives_the_same_results_as_the_local_engine(ray_session, tmp_path, o
     suite = write_suite(tmp_path / "smoke.toml", "ray_smoke",
                         [{"label": "naive", "strategy": "naive"}, {"label": "ewc", "strategy": "ewc"}], seeds=[0, 1])
     assert main(["bench", str(suite), "--out", str(tmp_path / "local"), "-q"]) == 0
-    assert main(["bench", str(suite), "--engine", "ray", "--out", str(tmp_path / "ray"), "-q"]) == 0
+    assert main(["bench", str(suite), "--engine", "ray", "--out", str(tmp_path / "ray"), "-q", "--log", "csv"]) == 0
     local, on_ray = results(tmp_path / "local"), results(tmp_path / "ray")
     assert sorted(local) == sorted(on_ray) and len(local) == 4
     for cid in local:
         assert stable(on_ray[cid]) == stable(local[cid]), cid  # matrices to the bit, configs, sizes
+        # --log reaches the Ray task, whose tracking files land in the driver's run dir.
+        r = on_ray[cid]
+        rows = (tmp_path / "ray" / "tracking" / "csv" / r["scenario"] / r["label"] / f"seed{r['seed']}" / "metrics.csv")
+        last = {name: float(value) for _, name, value in (line.split(",") for line in rows.read_text().splitlines()[1:])}
+        assert [last[f"eval/accuracy/exp{j:02d}"] for j in range(len(r["matrix"]))] == r["matrix"][-1]
     assert (tmp_path / "ray" / "summary.csv").read_text().count("\n") == 3  # header + 2 labels
 
 

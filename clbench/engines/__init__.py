@@ -42,8 +42,14 @@ class EngineOptions:
     address: str | None = None  # ray: cluster address ("auto", "HOST:PORT"); None starts a local one
     cpus_per_cell: float = 1.0  # ray
     gpus_per_cell: float = 0.0  # ray
+    # Trackers every cell logs to (`--log`, clbench.tracking), under RUN_DIR/tracking: what a
+    # cell reports, not what it computes.
+    log: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        from clbench.tracking import parse_log
+
+        self.log = parse_log(self.log)
         if self.engine not in ENGINES:
             raise ConfigError(f"unknown engine {self.engine!r}; accepted: {', '.join(ENGINES)}")
         if self.jobs < 1:

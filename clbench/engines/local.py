@@ -55,7 +55,7 @@ def run_in_process(queue: ClaimQueue, report: Report, run_dir: Path, *, data_roo
             on_start(task)
         cell_on_row = None if on_row is None else (lambda progress, task=task: on_row(task, progress))
         result = run_cell(task.cfg, run_dir, data_root=data_root, download=download, progress=progress,
-                          on_row=cell_on_row)
+                          on_row=cell_on_row, tracking=options.log)
         report(task, result["status"], result["error"])
 
 
@@ -101,9 +101,9 @@ def _worker_main(conn: Connection, environ: dict[str, str], plugin_files: list[s
 
     conn.send("ready")
     while (job := conn.recv()) is not None:
-        cfg_dict, run_dir, data_root, download, want_rows = job
+        cfg_dict, run_dir, data_root, download, want_rows, tracking = job
         result = run_cell(RunConfig.from_dict(cfg_dict), Path(run_dir), data_root=data_root, download=download,
-                          progress=False, on_row=send_row if want_rows else None)
+                          progress=False, on_row=send_row if want_rows else None, tracking=tracking)
         conn.send((result["status"], result["error"]))
 
 
@@ -209,7 +209,8 @@ def run_in_pool(queue: ClaimQueue, report: Report, run_dir: Path, *, data_root, 
                 if on_start:
                     on_start(task)
                 try:
-                    worker.conn.send((task.cfg.to_dict(), str(run_dir), data_root, download, on_row is not None))
+                    worker.conn.send((task.cfg.to_dict(), str(run_dir), data_root, download, on_row is not None,
+                                      options.log))
                 except OSError:
                     pass  # the worker just died: handled below as a crash of this cell
             if queue_done and not retry and all(w.task is None for w in pool.workers):

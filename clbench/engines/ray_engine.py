@@ -52,7 +52,8 @@ def import_ray(*, local: bool = False):
 
 
 def ray_cell(cfg_dict: dict[str, Any], data_root: str, download: bool, plugins: list[tuple[str, str]],
-             threads: int, deterministic: bool) -> dict[str, Any]:
+             threads: int, deterministic: bool, tracking: tuple[str, ...] = (),
+             tracking_dir: str | None = None) -> dict[str, Any]:
     """The task body: one cell in a Ray worker, its result returned to the driver."""
     import torch
 
@@ -69,8 +70,10 @@ def ray_cell(cfg_dict: dict[str, Any], data_root: str, download: bool, plugins: 
     for name, source in plugins:
         load_plugin_file(_materialize_plugin(name, source))
     with tempfile.TemporaryDirectory(prefix="clbench_cell_") as scratch:
+        # Tracking files go to the driver's RUN_DIR/tracking path on the node that runs the cell
+        # (the driver's own disk on one machine), not to the scratch folder that is deleted.
         return run_cell(RunConfig.from_dict(cfg_dict), Path(scratch), data_root=data_root, download=download,
-                        progress=False)
+                        progress=False, tracking=tracking, tracking_dir=tracking_dir and Path(tracking_dir))
 
 
 def _materialize_plugin(name: str, source: str) -> Path:
@@ -132,7 +135,8 @@ def run_on_ray(queue: ClaimQueue, report: Report, run_dir: Path, *, data_root, d
     # Resolved here: a worker on another node has neither our cwd nor our environment.
     shared = (str(resolve_data_root(data_root)), downloads_allowed(download),
               [(Path(p).name, Path(p).read_text()) for p in plugin_files],
-              max(1, int(options.cpus_per_cell)), options.deterministic)
+              max(1, int(options.cpus_per_cell)), options.deterministic,
+              options.log, str(Path(run_dir).resolve() / "tracking"))
     in_flight: dict[Any, tuple[Any, float]] = {}
     try:
         _schedule(ray, remote, shared, slots, in_flight, queue, report, run_dir, options, on_start)

@@ -135,6 +135,14 @@ class MultiRateOptimizer(torch.optim.Optimizer):
             export_optimizer_state(st["flat"], st["inner"])
         return st["inner"]
 
+    def level_lrs(self) -> dict[str, float]:
+        """Each level's learning rate by level name: its inner optimizer's (the run's lr times the
+        level's multiplier, as schedulers leave it), 0 for a frozen level. Read by --log."""
+        return {
+            lvl.name: float(st["inner"].param_groups[0].get("lr", float("nan"))) if st["inner"] is not None else 0.0
+            for lvl, st in zip(self.levels, self._state, strict=True)
+        }
+
     def kernel_level(self, i: int) -> FlatLevel | None:
         """Level i's K3 buffers, or None when it takes the per-level path."""
         return self._state[i]["flat"]
