@@ -190,7 +190,7 @@ def run_cell(
             seed_everything(cfg.seed)  # model init does not depend on how the data was drawn
             model, strategy = build_strategy(cfg, stream, device, run_plugins=[anytime] if anytime else [])
             if tracking:
-                from clbench.tracking import Tracker
+                from clbench.tracking.tracker import Tracker
 
                 tracker = Tracker(tracking, cfg, result["cell_id"],
                                   tracking_dir if tracking_dir is not None else Path(run_dir) / "tracking",
@@ -264,6 +264,7 @@ def run_cell(
         except Exception as exc:  # the user asked for these logs: losing them fails the cell
             result.update(status="failed", error=f"tracking: {type(exc).__name__}: {exc}".splitlines()[0][:500],
                           traceback=traceback.format_exc())
+        result["tracking"] = tracker.cost()
     result["peak_rss_mb"] = round(memory.peak_mb, 1)
     result["wall_seconds"] = time.perf_counter() - wall0
     result["cpu_seconds"] = time.process_time() - cpu0  # this process's CPU time, all its threads

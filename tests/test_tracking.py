@@ -208,3 +208,37 @@ def test_run_suite_takes_the_trackers_from_the_engine_options(tmp_path, data_roo
     outcome = run_suite([cfg], tmp_path, data_root=data_root, progress=False,
                         options=EngineOptions(log=("csv", "csv")))
     assert outcome.ok and (tmp_path / "tracking" / "csv" / "pmnist" / "naive" / "seed0" / "metrics.csv").is_file()
+
+
+def test_a_window_sends_means_of_the_training_series(tmp_path, data_root):
+    """`csv:5` gets the mean of every 5 iterations' loss (steps 4, 9, ...), the window an
+    accuracy row cuts short (before the row), and every accuracy row as is; the every-iteration
+    TensorBoard log of the same cell is the reference."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    stored, tracking = cell(tmp_path, data_root, ("tensorboard", "csv:5"))
+    (events,) = (tracking / "tensorboard").rglob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events.parent))
+    acc.Reload()
+    loss = {e.step: e.value for e in acc.Scalars("train/loss")}
+    assert sorted(loss) == list(range(ITERATIONS))
+    series = read_csv(tracking)
+    # windows restart after each row (at 8 and 16 iterations): [0-4], [5-7] cut by the row, [8-12], ...
+    windows = [(0, 4), (5, 7), (8, 12), (13, 15), (16, 20), (21, 23)]
+    assert [s for s, _ in series["train/loss"]] == [end for _, end in windows]
+    for (start, end), (_, value) in zip(windows, series["train/loss"], strict=True):
+        assert value == pytest.approx(np.mean([loss[k] for k in range(start, end + 1)]), rel=1e-6)
+    assert [v for _, v in series["eval/accuracy/exp02"]] == [stored["initial"][2]] + [r[2] for r in stored["matrix"]]
+
+
+def test_window_syntax_is_checked():
+    from clbench.errors import ConfigError
+    from clbench.tracking import parse_log
+
+    assert parse_log(["wandb:10", "csv", "mlflow:1"]) == ("wandb:10", "csv", "mlflow")
+    assert parse_log(["csv:3,csv:4"]) == ("csv:4",)  # the last one wins
+    for bad in ("wandb:0", "wandb:x", "wandb:"):
+        with pytest.raises(ConfigError, match="whole number of iterations >= 1"):
+            parse_log([bad])
+    with pytest.raises(ConfigError, match="unknown tracker 'foo:3'|unknown tracker 'foo'"):
+        parse_log(["foo:3"])
