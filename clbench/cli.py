@@ -35,7 +35,8 @@ def _add_log_arg(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--log", action="append", default=None, metavar="|".join(TRACKERS),
                    help="log each cell's loss, learning rates and accuracies to this tracker (repeatable; "
-                        "replaces a suite's `log`; `none` for no tracker); files under RUN_DIR/tracking, "
+                        "replaces a suite's `log`; `none` for no tracker; NAME:K sends the training series as "
+                        "means over K iterations, e.g. wandb:10); files under RUN_DIR/tracking, "
                         "see docs/tracking.md")
 
 

@@ -264,7 +264,7 @@ def run_cell(
         except Exception as exc:  # the user asked for these logs: losing them fails the cell
             result.update(status="failed", error=f"tracking: {type(exc).__name__}: {exc}".splitlines()[0][:500],
                           traceback=traceback.format_exc())
-        result["tracking"] = tracker.cost()
+        result["tracking_seconds"] = tracker.cost()  # a timing: results stay equal with and without --log
     result["peak_rss_mb"] = round(memory.peak_mb, 1)
     result["wall_seconds"] = time.perf_counter() - wall0
     result["cpu_seconds"] = time.process_time() - cpu0  # this process's CPU time, all its threads

@@ -90,7 +90,7 @@ class Tracker:
         self.thread = threading.Thread(target=self._drain, name="clbench-tracking", daemon=True)
         self.names = list(names)
         # What logging costs this process: time in the training thread's calls, CPU of the feeder
-        # thread (result["tracking"]; W&B's own service process is not counted here).
+        # thread (result["tracking_seconds"]; W&B's own service process is not counted here).
         self.inline_seconds = self.thread_cpu_seconds = 0.0
         t0 = time.perf_counter()
         try:
@@ -127,8 +127,8 @@ class Tracker:
             self.thread_cpu_seconds += time.thread_time() - t0
 
     def cost(self) -> dict[str, Any]:
-        return {"loggers": self.names, "inline_seconds": self.inline_seconds,
-                "thread_cpu_seconds": self.thread_cpu_seconds}
+        """Seconds of the training thread in the tracker's calls, CPU seconds of the feeder thread."""
+        return {"training_thread": self.inline_seconds, "feeder_thread_cpu": self.thread_cpu_seconds}
 
     def plugin(self):
         from avalanche.core import SupervisedPlugin
