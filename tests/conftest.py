@@ -41,7 +41,7 @@ def write_synthetic_mnist(root: Path, folder: str, n_train: int = 1200, n_test: 
 def data_root(tmp_path_factory) -> Path:
     shared = os.environ.get("CLBENCH_DATA")
     if shared and (Path(shared) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        return Path(shared)
+        return Path(shared).resolve()  # absolute: CI sets a relative path, and some tests chdir
     root = tmp_path_factory.mktemp("synthetic_data")
     write_synthetic_mnist(root, "MNIST")
     write_synthetic_mnist(root, "FashionMNIST", seed=1)
