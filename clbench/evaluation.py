@@ -17,14 +17,21 @@ from avalanche.models.utils import avalanche_forward
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, task: int, *, device, batch_size: int) -> float:
-    correct = 0
+def hits(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, task: int | torch.Tensor, *, device,
+         batch_size: int) -> torch.Tensor:
+    """Whether each sample's argmax prediction is its label (bool, on the CPU). `task` is the
+    experience's task label, or one label per sample (clbench.anytime scores several tasks at once)."""
+    out = []
     for start in range(0, len(y), batch_size):
         xb = x[start:start + batch_size].to(device, non_blocking=True)
-        tb = torch.full((len(xb),), task, dtype=torch.long, device=device)
-        logits = avalanche_forward(model, xb, tb)
-        correct += (logits.argmax(1).cpu() == y[start:start + batch_size]).sum().item()
-    return correct / max(len(y), 1)
+        tb = (torch.full((len(xb),), task, dtype=torch.long) if isinstance(task, int)
+              else task[start:start + batch_size]).to(device)
+        out.append(avalanche_forward(model, xb, tb).argmax(1).cpu() == y[start:start + batch_size])
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, task: int, *, device, batch_size: int) -> float:
+    return hits(model, x, y, task, device=device, batch_size=batch_size).sum().item() / max(len(y), 1)
 
 
 @torch.no_grad()

@@ -110,9 +110,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def build_strategy(cfg: RunConfig, stream, device: torch.device, run_plugins=()):
-    """The cell's model and strategy. `run_plugins` are plugins the runner itself adds (anytime
-    evaluation); they follow the config's plugins in the template's plugin list."""
+def build_strategy(cfg: RunConfig, stream, device: torch.device):
     from clbench.strategy_context import StrategyContext
 
     model = MODELS.get(cfg.model).factory(stream.info, cfg.profile, **cfg.model_args)
@@ -123,7 +121,6 @@ def build_strategy(cfg: RunConfig, stream, device: torch.device, run_plugins=())
         spec = PLUGINS.get(name)
         options = spec.params(**cfg.plugin_args.get(name, {})) if spec.params else None
         plugins.append(spec.factory(stream.info, cfg, options))
-    plugins.extend(run_plugins)
     ctx = StrategyContext(model=model, info=stream.info, config=cfg, params=params, device=device, extra_plugins=plugins)
     return model, strategy_spec.factory(ctx)
 
@@ -188,14 +185,17 @@ def run_cell(
             benchmark = stream.to_benchmark()
             anytime = anytime_plugin(cfg, stream, device)
             seed_everything(cfg.seed)  # model init does not depend on how the data was drawn
-            model, strategy = build_strategy(cfg, stream, device, run_plugins=[anytime] if anytime else [])
+            model, strategy = build_strategy(cfg, stream, device)
+            # The runner's own plugins go after the strategy's: they read the finished step.
+            if anytime:
+                strategy.plugins.append(anytime)
             if tracking:
                 from clbench.tracking.tracker import Tracker
 
                 tracker = Tracker(tracking, cfg, result["cell_id"],
                                   tracking_dir if tracking_dir is not None else Path(run_dir) / "tracking",
                                   metric_name=info.metric_name)
-                strategy.plugins.append(tracker.plugin())  # after the strategy's own: it reads the finished step
+                strategy.plugins.append(tracker.plugin())
             # The model the strategy trains and the runner evaluates (a closed-form strategy
             # brings its own head; its statistics are buffers, reported as stored_values).
             result["num_params"] = count_parameters(strategy.model)

@@ -33,11 +33,16 @@ from scipy import stats
 RECOVERY_FRACTION = 0.5  # "recovered" = regained this fraction of the drop
 
 
+def _values(curve: dict[str, Any]) -> np.ndarray:
+    """points x tasks; tasks not yet seen (null) are NaN."""
+    return np.array([[math.nan if v is None else v for v in row] for row in curve["values"]], dtype=float)
+
+
 def switch_curves(curve: dict[str, Any]) -> list[dict[str, Any]]:
     """Per switch t >= 1: iterations since the switch and the old-task accuracy at each point."""
     iteration = np.asarray(curve["iteration"], dtype=float)
     experience = np.asarray(curve["experience"], dtype=int)
-    values = np.array([[math.nan if v is None else v for v in row] for row in curve["values"]], dtype=float)
+    values = _values(curve)
     boundaries = curve["boundaries"]
     out = []
     for t in range(1, len(boundaries)):
@@ -79,7 +84,7 @@ def switch_metrics(since: np.ndarray, old_acc: np.ndarray, n_scored: int) -> dic
 def min_acc(curve: dict[str, Any]) -> float:
     """Mean over tasks j < T-1 of their lowest accuracy after being trained (NaN for one task)."""
     experience = np.asarray(curve["experience"], dtype=int)
-    values = np.array([[math.nan if v is None else v for v in row] for row in curve["values"]], dtype=float)
+    values = _values(curve)
     lows = [np.nanmin(values[experience > j, j]) for j in range(values.shape[1]) if (experience > j).any()]
     return float(np.mean(lows)) if lows else math.nan
 

@@ -88,7 +88,6 @@ class Tracker:
         self.queue: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._drain, name="clbench-tracking", daemon=True)
-        self.names = list(names)
         # What logging costs this process: time in the training thread's calls, CPU of the feeder
         # thread (result["tracking_seconds"]; W&B's own service process is not counted here).
         self.inline_seconds = self.thread_cpu_seconds = 0.0
