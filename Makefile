@@ -15,7 +15,7 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 # `make bench JOBS=1` runs cells one at a time.
 JOBS   ?= 2
 
-.PHONY: install lock readme bench bench-cifar tune-cifar bench-hope tune-hope bench-text tune-gap bench-gap test report bench-full reproduce lint clean-runs tune
+.PHONY: install lock readme study study-tune study-report study-smoke bench bench-cifar tune-cifar bench-hope tune-hope bench-text tune-gap bench-gap test report bench-full reproduce lint clean-runs tune
 
 install: $(STAMP)
 
@@ -62,6 +62,7 @@ readme: install
 	$(BIN)/python -m clbench.report.readme reports/cifar/FINDINGS.md
 	$(BIN)/python -m clbench.report.readme reports/hope/FINDINGS.md
 	$(BIN)/python -m clbench.report.readme reports/stability_gap/FINDINGS.md
+	$(BIN)/python -m clbench.report.readme reports/study/FINDINGS.md
 
 report: install
 	$(BIN)/clbench report runs/quick --out reports/quick
@@ -111,6 +112,42 @@ bench-gap: install
 	OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/stability_gap.toml --tuned suites/stability_gap.tuned.toml \
 	  --out runs/stability_gap --jobs $(JOBS) --report reports/stability_gap
 	$(BIN)/python -m clbench.report.controls reports/stability_gap cms:cms_p1 cms:naive cms:ewc cms:replay
+
+# The study (docs/study.md): do HOPE and CMS forget less than EWC and replay at equal plasticity?
+# One suite per part (suites/study/<part>.toml), each sized to about 90 minutes on 2 cores:
+#   make study-tune PART=mnist   # first_k, k = 3, tuning seeds 100-101, 10 trials for every arm
+#   make study PART=mnist        # the part's cells -> runs/study/mnist; finished cells are then
+#                                # copied to reports/study/cells (commit them) and the report rebuilt
+# Without PART every part runs in turn (hours); an interrupted part resumes where it stopped.
+STUDY_PARTS ?= mnist cifar clinc split_mnist_hope cifar_hope pmnist_hope
+PART ?= $(STUDY_PARTS)
+
+study-tune: install
+	set -e; for p in $(PART); do \
+	  OMP_NUM_THREADS=1 $(BIN)/clbench tune suites/study/$$p.toml --protocol first_k --k 3 --seeds 100,101 --trials 10 \
+	    --out runs/study-tune/$$p --output suites/study/$$p.tuned.toml --jobs $(JOBS) --report reports/study/tuning/$$p; \
+	done
+
+# A part's failed cells do not stop the copy: they are results too (with their reasons).
+study: install
+	set -e; for p in $(PART); do \
+	  OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/study/$$p.toml --tuned suites/study/$$p.tuned.toml \
+	    --out runs/study/$$p --jobs $(JOBS) -q || true; \
+	  $(BIN)/python -m clbench.report.study.collect runs/study/$$p reports/study; \
+	done
+	$(MAKE) study-report
+
+study-report: install
+	$(BIN)/python -m clbench.report.study reports/study
+	$(BIN)/python -m clbench.report.readme reports/study/FINDINGS.md
+
+# Every arm of the study on smoke streams, through the same report (CI runs it in the tests).
+study-smoke: install
+	set -e; for p in mnist clinc; do \
+	  OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/study_smoke/$$p.toml --out runs/study_smoke/$$p --jobs $(JOBS) -q; \
+	  $(BIN)/python -m clbench.report.study.collect runs/study_smoke/$$p runs/study_smoke/report; \
+	done
+	$(BIN)/python -m clbench.report.study runs/study_smoke/report --parts suites/study_smoke
 
 bench-text: install
 	OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/text_quick.toml --out runs/text_quick --jobs $(JOBS) --report reports/text

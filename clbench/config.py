@@ -258,6 +258,13 @@ class Variant:
     strategy: str
     set: dict[str, Any] = field(default_factory=dict)
     scenarios: list[str] = field(default_factory=list)  # the suite scenarios it runs on; empty = all
+    seeds: list[int] = field(default_factory=list)  # a subset of the suite's seeds; empty = all
+    # Take the tuned values of this row (same scenario) instead of its own, except the keys
+    # this variant sets: the points of a stability-plasticity sweep share their arm's tuning.
+    tuned_as: str = ""
+
+
+VARIANT_KEYS = ("label", "strategy", "set", "scenarios", "seeds", "tuned_as")
 
 
 @dataclass
@@ -319,11 +326,11 @@ def load_suite(path: str | Path) -> SuiteConfig:
                 raise ConfigError(f"{path}: 'variants' must be an array of tables ([[variants]])")
             variants = []
             for i, v in enumerate(value):
-                extra = sorted(set(v) - {"label", "strategy", "set", "scenarios"})
+                extra = sorted(set(v) - set(VARIANT_KEYS))
                 if extra or "strategy" not in v:
                     raise ConfigError(
-                        f"{path}: variants[{i}] needs 'strategy' (and optional 'label', 'set', 'scenarios'); "
-                        f"got keys {sorted(v)}"
+                        f"{path}: variants[{i}] needs 'strategy' (and optional "
+                        f"{', '.join(repr(k) for k in VARIANT_KEYS if k != 'strategy')}); got keys {sorted(v)}"
                     )
                 if not (isinstance(v["strategy"], str) and isinstance(v.get("label", ""), str)
                         and isinstance(v.get("set", {}), dict)):
@@ -331,8 +338,14 @@ def load_suite(path: str | Path) -> SuiteConfig:
                 only = v.get("scenarios", [])
                 if not isinstance(only, list) or not all(isinstance(x, str) for x in only):
                     raise ConfigError(f"{path}: variants[{i}].scenarios must be a list of scenario names; got {only!r}")
+                seeds = v.get("seeds", [])
+                if not isinstance(seeds, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+                    raise ConfigError(f"{path}: variants[{i}].seeds must be a list of integer seeds; got {seeds!r}")
+                if not isinstance(v.get("tuned_as", ""), str):
+                    raise ConfigError(f"{path}: variants[{i}].tuned_as must be a row label; got {v['tuned_as']!r}")
                 variants.append(Variant(label=str(v.get("label", v["strategy"])), strategy=v["strategy"],
-                                        set=dict(v.get("set", {})), scenarios=list(only)))
+                                        set=dict(v.get("set", {})), scenarios=list(only), seeds=list(seeds),
+                                        tuned_as=v.get("tuned_as", "")))
             values[key] = variants
         else:
             values[key] = coerce(value, types_[key], f"{path.name}: {key}")

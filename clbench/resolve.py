@@ -7,7 +7,7 @@ typo fails in a second instead of an hour into a suite.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clbench.config import (
@@ -146,12 +146,18 @@ def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None, skipped: 
     cli_overrides = parse_set_args(cli_set or [])
     cells = []
     for row in suite_rows(suite, skipped):
-        record = (tuned or {}).get((row.scenario, row.label))
-        layers = row.layers + ([("tuned values", record["values"])] if record else [])
-        for seed in suite.seeds:
+        record = (tuned or {}).get((row.scenario, row.tuned_as or row.label))
+        values = record["values"] if record else {}
+        if row.tuned_as:  # a sweep point: its arm's tuned values, but its own knob
+            values = {k: v for k, v in values.items() if k not in row.own_keys}
+        layers = (([("tuned values", values)] + row.layers) if row.tuned_as
+                  else row.layers + ([("tuned values", values)] if record else []))
+        for seed in row.seeds or suite.seeds:
             cfg = resolve_config(row.scenario, row.strategy, seed=seed, profile=suite.profile,
                                  overrides=cli_overrides, layers=layers, label=row.label)
-            if record:
+            if row.tuned_as:  # recorded even untuned: the report draws the arm's sweep curve from it
+                cfg.tuning = {"role": "borrowed", "from": row.tuned_as, "values": values}
+            elif record:
                 cfg.tuning = {"role": "tuned", **record}
             cells.append(cfg)
     return cells
@@ -165,12 +171,17 @@ class SuiteRow:
     label: str
     strategy: str
     layers: list[tuple[str, dict[str, Any]]]
+    seeds: list[int] = field(default_factory=list)  # empty: the suite's
+    tuned_as: str = ""  # the row whose tuned values it takes (a sweep point)
+    own_keys: frozenset[str] = frozenset()  # the keys its variant sets
 
 
 def suite_rows(suite: SuiteConfig, skipped: list[str] | None = None) -> list[SuiteRow]:
     """The rows of a suite in table order (see expand_suite), after checking labels and scenarios."""
     entries = [(name, name, {}) for name in suite.strategies]
     entries += [(v.label, v.strategy, v.set) for v in suite.variants]
+    by_label = {v.label: v for v in suite.variants}
+    _check_variant_seeds_and_tuning(suite, [label for label, _, _ in entries])
     only = {v.label: set(v.scenarios) for v in suite.variants if v.scenarios}  # label -> its scenarios
     for label, names in only.items():
         if names - set(suite.scenarios):
@@ -199,5 +210,28 @@ def suite_rows(suite: SuiteConfig, skipped: list[str] | None = None) -> list[Sui
             layers.append(("suite scenario_args", {f"scenario.{k}": v for k, v in suite.scenario_args.get(scenario, {}).items()}))
             layers.append(("suite strategy_args", {f"strategy.{k}": v for k, v in suite.strategy_args.get(strategy, {}).items()}))
             layers.append((f"variant {label}", variant_set))
-            rows.append(SuiteRow(scenario, label, strategy, layers))
+            v = by_label.get(label)
+            rows.append(SuiteRow(scenario, label, strategy, layers, seeds=list(v.seeds) if v else [],
+                                 tuned_as=v.tuned_as if v else "", own_keys=frozenset(variant_set)))
     return rows
+
+
+def _check_variant_seeds_and_tuning(suite: SuiteConfig, labels: list[str]) -> None:
+    """A variant's seeds are some of the suite's (its cells stay paired with the others'), and
+    `tuned_as` names another row that is tuned itself, not a sweep point or a row with its own
+    search space."""
+    for v in suite.variants:
+        stray = sorted(set(v.seeds) - set(suite.seeds))
+        if stray:
+            raise ConfigError(f"suite {suite.name!r}: variant {v.label!r} has seeds {stray} the suite does not run; "
+                              f"accepted: some of the suite's seeds {suite.seeds}")
+        if not v.tuned_as:
+            continue
+        borrowed = next((w for w in suite.variants if w.label == v.tuned_as), None)
+        if v.tuned_as not in labels or v.tuned_as == v.label or (borrowed and borrowed.tuned_as):
+            accepted = [x for x in labels if x != v.label and not any(w.label == x and w.tuned_as for w in suite.variants)]
+            raise ConfigError(f"suite {suite.name!r}: variant {v.label!r} has tuned_as {v.tuned_as!r}; "
+                              f"accepted: another row's label ({', '.join(accepted)})")
+        if v.label in suite.tune:
+            raise ConfigError(f"suite {suite.name!r}: variant {v.label!r} takes {v.tuned_as!r}'s tuned values "
+                              "and has a search space of its own; drop one")

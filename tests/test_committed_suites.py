@@ -13,10 +13,12 @@ from clbench.config import load_suite
 from clbench.resolve import expand_suite
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
-FILES = sorted(p for p in SUITES.glob("*.toml") if not p.name.endswith(".tuned.toml"))
+# The study's parts and its smoke variant live in folders; contrasts.toml is no suite.
+FILES = sorted(p for pattern in ("*.toml", "study/*.toml", "study_smoke/*.toml") for p in SUITES.glob(pattern)
+               if not p.name.endswith(".tuned.toml") and p.name != "contrasts.toml")
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+@pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(SUITES).with_suffix("")) for p in FILES])
 def test_committed_suite_expands(path):
     suite = load_suite(path)
     tuned_path = path.with_name(f"{path.stem}.tuned.toml")
@@ -25,6 +27,9 @@ def test_committed_suite_expands(path):
     assert len(cells) >= len(suite.seeds)
     if tuned:
         assert all(c.tuning.get("role") == "tuned" for c in cells if (c.scenario, c.label) in tuned)
+        for c in (c for c in cells if c.tuning.get("role") == "borrowed"):  # a sweep point: its arm's values
+            arm = tuned[(c.scenario, c.tuning["from"])]["values"]
+            assert c.train.lr == pytest.approx(arm["lr"]), c.label
 
 
 def test_the_cifar_suites_are_the_ones_make_runs():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -73,3 +74,45 @@ def test_a_block_can_quote_one_section_of_a_markdown_file(tmp_path):
     assert "| 1 |" in render_blocks(text.replace("#split_mnist", ""), tmp_path)
     with pytest.raises(ValueError, match="no section '## cifar'"):
         render_blocks(text.replace("split_mnist", "cifar"), tmp_path)
+
+
+def test_a_section_without_a_table_is_quoted_whole(tmp_path):
+    (tmp_path / "answer.md").write_text("# A\n\n## Answer table\n\n| a |\n| --- |\n\n## Answer in words\n\n- **x**: no.\n- y\n")
+    text = "<!-- BEGIN generated: answer.md#Answer in words -->\n<!-- END generated -->\n"
+    # the path of a block is one word: sections with spaces are named with their words joined by "-"
+    assert "- **x**: no.\n- y\n<!--" in render_blocks(text.replace("Answer in words", "Answer-in-words"), tmp_path)
+
+
+# README prose (outside generated blocks and code) may name settings and versions, never a
+# result: every result number reaches the README through a generated block, rounded once from
+# the committed report. These are the decimals its prose may hold, each with what it is.
+PROSE_DECIMALS = {
+    "0.6": "Avalanche version", "3.11": "CPython version", "2.14.1": "torch version", "0.29.1": "torchvision version",
+    "0.1": "the val_fraction setting",
+}
+DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?:\.\d+)?(?![\w.]*\d)")
+
+
+def prose(text: str) -> str:
+    """README text without generated blocks, fenced code, inline code, links' targets and HTML comments."""
+    text = BLOCK.sub("", text)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    text = re.sub(r"\]\([^)]*\)", "]", text)
+    return re.sub(r"<!--.*?-->", "", text, flags=re.S)
+
+
+def stray_decimals(text: str) -> list[str]:
+    return [d for d in DECIMAL.findall(prose(text)) if d not in PROSE_DECIMALS]
+
+
+def test_readme_prose_quotes_no_number_by_hand():
+    stray = stray_decimals((ROOT / "README.md").read_text())
+    assert not stray, (f"README prose quotes {stray}: put results in a generated block (`make readme`), "
+                       "or, for a setting or version, add it to PROSE_DECIMALS with what it is")
+
+
+def test_a_hand_copied_result_in_prose_is_caught():
+    text = (ROOT / "README.md").read_text()
+    assert stray_decimals(text + "\nHOPE forgets 12.9 pp less, and ACC is 47.2%.\n") == ["12.9", "47.2"]
+    assert stray_decimals("`lr=0.01` and [x](a/1.5.md) and torch 2.14.1") == []

@@ -9,7 +9,8 @@ A README block between two markers is rebuilt from a report's `summary.csv`:
 A block naming a generated Markdown file instead (e.g. a report's `CONTROLS.md`, written by
 `clbench.report.controls`) copies that file's first table, so planned comparisons can be
 quoted without retyping a number; `FILE.md#name` copies the first table after its heading
-`## name` (one scenario of a report with several).
+`## name` (one scenario of a report with several; `-` stands for a space), or the whole section when it has no table
+(generated prose, such as the study's answer in words).
 
 `python -m clbench.report.readme README.md` (`make readme`) rewrites every such block;
 `--check` only compares, and tests/test_readme_numbers.py runs that comparison, so a README
@@ -80,13 +81,20 @@ def headline_table(summary: pd.DataFrame) -> str:
 
 
 def markdown_table(text: str, name: str, section: str = "") -> str:
-    """The first Markdown table of a generated file (after the heading `## section`, if given), as its lines."""
+    """The first Markdown table of a generated file (after the heading `## section`, if given, or that
+    section's text when it holds no table), as its lines."""
     lines = text.splitlines()
     first = 0
     if section:
-        first = next((i for i, line in enumerate(lines) if line.strip() == f"## {section}"), None)
+        # a block's path is one word, so `#Answer-in-words` names the heading `## Answer in words`
+        first = next((i for i, line in enumerate(lines)
+                      if line.startswith("## ") and line[3:].strip().replace(" ", "-") == section), None)
         if first is None:
             raise ValueError(f"{name} has no section '## {section}'")
+    if section:  # a section without a table is quoted whole (generated prose, e.g. the study's answer)
+        stop = next((i for i in range(first + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        if not any(line.startswith("|") for line in lines[first:stop]):
+            return "\n".join(lines[first + 1:stop]).strip("\n") + "\n"
     start = next((i for i in range(first, len(lines)) if lines[i].startswith("|")), None)
     if start is None:
         raise ValueError(f"{name} has no Markdown table to quote")
