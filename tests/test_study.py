@@ -149,12 +149,12 @@ def test_contrasts_are_paired_and_holm_corrected_as_one_family_per_kind():
 
 def test_forgetting_is_read_only_at_equal_plasticity():
     base = {"row": "cms", "forgetting_diff": -0.05, "forgetting_p_holm": 0.001, "plasticity_diff": 0.01}
-    assert reading(pd.Series(base), 0.03, None) == "equal plasticity: cms forgets less"
+    assert reading(pd.Series(base), 0.03, None) == "equal plasticity: cms forgets less (by 5.0 pp)"
     assert reading(pd.Series(base | {"forgetting_p_holm": 0.2}), 0.03, None) == \
         "equal plasticity: no forgetting difference detected"
     unequal = pd.Series(base | {"plasticity_diff": -0.08})
     assert reading(unequal, 0.03, None).startswith("not at equal plasticity (plasticity differs by -8.0 pp")
-    assert "lies above (forgets less than) the control's sweep curve" in reading(
+    assert "lies above (forgets less than) the control's sweep curve (by 2.0 pp)" in reading(
         unequal, 0.03, {"n": 5, "gap": -0.02, "p_holm": 0.01})
     assert "no difference from the control's sweep curve detected" in reading(
         unequal, 0.03, {"n": 5, "gap": -0.02, "p_holm": 0.3})

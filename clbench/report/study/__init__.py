@@ -14,6 +14,7 @@ clbench.report.study.collect as each part ends) and writes, beside the usual rep
 * `frontier.md` / `.csv` and `frontier_<stream>.png`: the stability-plasticity sweeps and
   each contrast's row read against its control's curve;
 * `cost.md` / `.csv`: speed, wall time and tuning cost of both sides of every contrast;
+* `gap_primary/`: the stability gap (anytime curves) of the primary contrasts' rows alone;
 * `status.md`: which rows of the design have cells, and which parts are still to run.
 """
 
@@ -22,12 +23,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from clbench.errors import ClbenchError
 from clbench.report.display import fmt_number, fmt_p
+from clbench.report.stability import write_stability_gap
 from clbench.report.study.contrasts import Spec, contrast_frame, load_spec, reading, significant
 from clbench.report.study.cost import cost_frame, cost_markdown
 from clbench.report.study.frontier import frontier_frame, plot_scenario
@@ -126,23 +129,28 @@ def words_markdown(frame: pd.DataFrame, spec: Spec) -> str:
 
 
 def status_markdown(cells: pd.DataFrame, failed: list, expected: dict[tuple[str, str], str]) -> str:
-    """Per part: rows with cells, rows without, and the cell-seconds its cells took (the sum of
-    their wall times: about twice the part's wall time at `--jobs 2`)."""
-    have = cells.groupby(["scenario", "label"]).seed.nunique().to_dict() if len(cells) else {}
+    """Per part: rows with cells, rows whose every cell failed, rows not run, and the
+    cell-seconds its cells took (the sum of their wall times: about twice the part's wall time
+    at `--jobs 2`)."""
+    have = set(zip(cells.scenario, cells.label, strict=True)) if len(cells) else set()
+    failed_rows = {(f.scenario, f.label) for f in failed}
     lines = [f"{len(cells)} cells ok from {len(have)} rows; {len(failed)} failed (reasons in summary.md).", "",
-             "| part | rows with cells | rows without | cells | cell-seconds |", "| --- | ---: | ---: | ---: | ---: |"]
-    parts = sorted(set(expected.values()))
-    missing_any = False
-    for part in parts:
-        rows = [k for k, v in expected.items() if v == part]
-        done = [k for k in rows if k in have]
-        mine = cells[[(s, label) in set(rows) for s, label in zip(cells.scenario, cells.label, strict=True)]] if len(cells) else cells
+             "| part | rows with cells | rows failed in every seed | rows not run | cells ok | cells failed | cell-seconds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    to_run = []
+    for part in sorted(set(expected.values())):
+        rows = {k for k, v in expected.items() if v == part}
+        done, only_failed = rows & have, (rows & failed_rows) - have
+        mine = cells[[k in rows for k in zip(cells.scenario, cells.label, strict=True)]] if len(cells) else cells
+        n_failed = sum((f.scenario, f.label) in rows for f in failed)
         seconds = f"{mine.wall_seconds.sum():.0f}" if len(mine) else "-"
-        lines.append(f"| `{part}` | {len(done)} | {len(rows) - len(done)} | {len(mine)} | {seconds} |")
-        missing_any |= len(done) < len(rows)
+        not_run = len(rows - done - only_failed)
+        lines.append(f"| `{part}` | {len(done)} | {len(only_failed)} | {not_run} | {len(mine)} | {n_failed} | {seconds} |")
+        if not_run:
+            to_run.append(part)
     lines.append("")
-    lines.append("Parts with rows without cells: `make study-tune PART=<part> && make study PART=<part>`."
-                 if missing_any else "Every row of the design has cells.")
+    lines.append(f"Parts still to run: {', '.join(to_run)} (`make study-tune PART=<part> && make study PART=<part>`)."
+                 if to_run else "Every row of the design has cells.")
     return "\n".join(lines) + "\n"
 
 
@@ -188,6 +196,12 @@ def build(report_dir: Path, spec_path: Path = DEFAULT_SPEC, parts_dir: Path = DE
         if png:
             (report_dir / f"frontier_{scenario}.png").write_bytes(png)
             written.append(report_dir / f"frontier_{scenario}.png")
+    # The stability gap of the primary arms alone: the full report's section has every sweep row too.
+    primary = {x for c in spec.contrasts if c.kind == "primary" for x in (c.row, c.control)}
+    gap_dir = report_dir / "gap_primary"
+    gap_dir.mkdir(exist_ok=True)
+    written += write_stability_gap(replace(run, cells=[c for c in run.cells if c["label"] in primary]), gap_dir,
+                                   ("md", "csv", "png"), "the study's primary arms")
     costs = cost_frame(summary, contrasts)
     costs.to_csv(report_dir / "cost.csv", index=False)
     write("cost.md", "# Cost\n\n" + generated + "Per cell, mean over seeds, on the machine that ran the part "

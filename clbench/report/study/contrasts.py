@@ -120,7 +120,8 @@ def reading(row: pd.Series, tolerance: float, frontier: dict | None) -> str:
         return "plasticity unknown: forgetting not read"
     if abs(d_plast) < tolerance:
         if significant(row["forgetting_p_holm"]):
-            return f"equal plasticity: {row['row']} forgets {'less' if row['forgetting_diff'] < 0 else 'more'}"
+            more = "less" if row["forgetting_diff"] < 0 else "more"
+            return f"equal plasticity: {row['row']} forgets {more} (by {100 * abs(row['forgetting_diff']):.1f} pp)"
         return "equal plasticity: no forgetting difference detected"
     gap = f"plasticity differs by {100 * d_plast:+.1f} pp"
     if frontier is None or not frontier.get("n"):
@@ -128,5 +129,6 @@ def reading(row: pd.Series, tolerance: float, frontier: dict | None) -> str:
     if significant(frontier["p_holm"]):
         # The plot's y axis is stability (forgetting, inverted): above the curve = forgets less.
         side = "above (forgets less than)" if frontier["gap"] < 0 else "below (forgets more than)"
-        return f"{gap}; at the row's plasticity it lies {side} the control's sweep curve"
+        return (f"{gap}; at the row's plasticity it lies {side} the control's sweep curve "
+                f"(by {100 * abs(frontier['gap']):.1f} pp)")
     return f"{gap}; at the row's plasticity no difference from the control's sweep curve detected"
