@@ -158,7 +158,9 @@ def build(report_dir: Path, spec_path: Path = DEFAULT_SPEC, parts_dir: Path = DE
     from clbench.report import build_report, load_run
 
     spec = load_spec(spec_path)
-    build_report(report_dir, report_dir)  # the usual report of every committed cell
+    # The usual report of every committed cell, without report.html: it embeds every figure
+    # (megabytes), and this report is rebuilt and committed after every part.
+    build_report(report_dir, report_dir, formats=("md", "csv", "tex", "png"))
     run = load_run(report_dir)
     long = pd.read_csv(report_dir / "long.csv")
     summary = pd.read_csv(report_dir / "summary.csv")
