@@ -116,23 +116,27 @@ bench-gap: install
 # The study (docs/study.md): do HOPE and CMS forget less than EWC and replay at equal plasticity?
 # One suite per part (suites/study/<part>.toml), each sized to about 90 minutes on 2 cores:
 #   make study-tune PART=mnist   # first_k, k = 3, tuning seeds 100-101, 10 trials for every arm
-#   make study PART=mnist        # the part's cells -> runs/study/mnist; finished cells are then
+#   make study PART=mnist        # (tunes first if the part has no tuned file) the part's cells ->
+#                                # runs/study/mnist; finished cells are then
 #                                # copied to reports/study/cells (commit them) and the report rebuilt
 # Without PART every part runs in turn (hours); an interrupted part resumes where it stopped.
 STUDY_PARTS ?= mnist cifar clinc split_mnist_hope cifar_hope pmnist_hope
 PART ?= $(STUDY_PARTS)
 
-study-tune: install
-	set -e; for p in $(PART); do \
-	  OMP_NUM_THREADS=1 $(BIN)/clbench tune suites/study/$$p.toml --protocol first_k --k 3 --seeds 100,101 --trials 10 \
-	    --out runs/study-tune/$$p --output suites/study/$$p.tuned.toml --jobs $(JOBS) --report reports/study/tuning/$$p; \
-	done
+STUDY_TUNE = OMP_NUM_THREADS=1 $(BIN)/clbench tune suites/study/$$p.toml --protocol first_k --k 3 --seeds 100,101 \
+	--trials 10 --out runs/study-tune/$$p --output suites/study/$$p.tuned.toml --jobs $(JOBS) --report reports/study/tuning/$$p
 
-# A part's failed cells do not stop the copy: they are results too (with their reasons).
+study-tune: install
+	set -e; for p in $(PART); do $(STUDY_TUNE); done
+
+# A part without a committed tuned file is tuned first. Exit status 1 of `clbench bench` means
+# some cells failed: they are results too (stored with their reasons) and are copied; 2 (bad
+# input) stops here.
 study: install
 	set -e; for p in $(PART); do \
+	  test -f suites/study/$$p.tuned.toml || $(STUDY_TUNE); \
 	  OMP_NUM_THREADS=1 $(BIN)/clbench bench suites/study/$$p.toml --tuned suites/study/$$p.tuned.toml \
-	    --out runs/study/$$p --jobs $(JOBS) -q || true; \
+	    --out runs/study/$$p --jobs $(JOBS) -q || test $$? -eq 1; \
 	  $(BIN)/python -m clbench.report.study.collect runs/study/$$p reports/study; \
 	done
 	$(MAKE) study-report
