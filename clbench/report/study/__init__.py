@@ -123,6 +123,8 @@ def words_markdown(frame: pd.DataFrame, spec: Spec) -> str:
         if not len(rows):
             lines.append(f"- **{c.name}**: not measured yet.")
             continue
+        order = list(STREAMS)
+        rows = rows.sort_values("scenario", key=lambda col: col.map(lambda s: order.index(s) if s in order else len(order)))
         said = [f"{STREAMS.get(r.scenario, r.scenario)}: {_acc_words(r)}; {r.reading}" for r in rows.itertuples()]
         lines.append(f"- **{c.name}** ({c.row} - {c.control}): " + "; ".join(said) + ".")
     return "\n".join(lines) + "\n"
