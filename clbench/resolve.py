@@ -150,8 +150,7 @@ def expand_suite(suite: SuiteConfig, cli_set: list[str] | None = None, skipped: 
         values = record["values"] if record else {}
         if row.tuned_as:  # a sweep point: its arm's tuned values, but its own knob
             values = {k: v for k, v in values.items() if k not in row.own_keys}
-        layers = (([("tuned values", values)] + row.layers) if row.tuned_as
-                  else row.layers + ([("tuned values", values)] if record else []))
+        layers = row.layers + ([("tuned values", values)] if record else [])
         for seed in row.seeds or suite.seeds:
             cfg = resolve_config(row.scenario, row.strategy, seed=seed, profile=suite.profile,
                                  overrides=cli_overrides, layers=layers, label=row.label)
