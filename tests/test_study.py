@@ -219,3 +219,21 @@ def test_study_smoke_runs_every_arm_through_the_report(tmp_path, data_root, monk
     frontier = pd.read_csv(report / "frontier.csv")
     assert set(frontier.control) >= {"cms_p1_ewc", "cms_p1_replay"}
     shutil.rmtree(report / "cells")
+
+
+def test_the_committed_cells_are_what_the_parts_resolve_to():
+    """A part's suite or tuned file edited after its cells were committed would make the report
+    describe runs the suite no longer makes: every committed cell must be a cell of its part."""
+    from clbench.cli import _tuned_records
+
+    committed = {p.name for p in (ROOT / "reports" / "study" / "cells").iterdir()}
+    assert committed, "no committed study cells"
+    resolved = set()
+    for path in sorted((ROOT / "suites" / "study").glob("*.toml")):
+        tuned = path.with_name(f"{path.stem}.tuned.toml")
+        if path.name == "contrasts.toml" or path.name.endswith(".tuned.toml") or not tuned.is_file():
+            continue
+        suite = load_suite(path)
+        for c in expand_suite(suite, tuned=_tuned_records(str(tuned), suite)):
+            resolved.add(f"{c.scenario}__{c.label}__seed{c.seed}__{c.config_hash()}")
+    assert sorted(committed - resolved) == []
