@@ -17,7 +17,7 @@ from statsmodels.stats.multitest import multipletests
 from clbench.cli import main
 from clbench.config import load_suite
 from clbench.errors import ConfigError
-from clbench.report.study import build
+from clbench.report.study import build, part_suites
 from clbench.report.study.collect import collect
 from clbench.report.study.contrasts import Contrast, Spec, contrast_frame, load_spec, reading
 from clbench.report.study.frontier import forgetting_on_curve
@@ -229,9 +229,9 @@ def test_the_committed_cells_are_what_the_parts_resolve_to():
     committed = {p.name for p in (ROOT / "reports" / "study" / "cells").iterdir()}
     assert committed, "no committed study cells"
     resolved = set()
-    for path in sorted((ROOT / "suites" / "study").glob("*.toml")):
+    for path in part_suites(ROOT / "suites" / "study"):
         tuned = path.with_name(f"{path.stem}.tuned.toml")
-        if path.name == "contrasts.toml" or path.name.endswith(".tuned.toml") or not tuned.is_file():
+        if not tuned.is_file():
             continue
         suite = load_suite(path)
         for c in expand_suite(suite, tuned=_tuned_records(str(tuned), suite)):

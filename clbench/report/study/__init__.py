@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from clbench.errors import ClbenchError
-from clbench.report.display import fmt_number, fmt_p
+from clbench.report.display import fmt_number, fmt_p, fmt_signed
 from clbench.report.stability import write_stability_gap
 from clbench.report.study.contrasts import Spec, contrast_frame, load_spec, reading, significant
 from clbench.report.study.cost import cost_frame, cost_markdown
@@ -42,9 +42,7 @@ DEFAULT_PARTS = Path("suites/study")
 
 
 def _pm(mean: float, ci: float, scale: float = 100, decimals: int = 1) -> str:
-    text = fmt_number(scale * mean, decimals)
-    if text[0] not in "-n":
-        text = "+" + text
+    text = fmt_signed(scale * mean, decimals)
     return text + ("" if not math.isfinite(ci) else f" ± {fmt_number(scale * ci, decimals)}")
 
 
@@ -54,19 +52,19 @@ def _acc_words(r) -> str:
     return "no ACC difference detected"
 
 
+def part_suites(parts_dir: Path) -> list[Path]:
+    """The study's part suites in `parts_dir`: every TOML file but contrasts.toml and tuned files."""
+    return [p for p in sorted(Path(parts_dir).glob("*.toml"))
+            if p.name != "contrasts.toml" and not p.name.endswith(".tuned.toml")]
+
+
 def expected_rows(parts_dir: Path) -> dict[tuple[str, str], str]:
     """(scenario, label) -> the part (suite file stem) that runs it, over every part of the study."""
     import clbench.registry  # noqa: F401  (the registry loads the built-in scenarios and strategies)
     from clbench.config import load_suite
     from clbench.resolve import suite_rows
 
-    rows = {}
-    for path in sorted(parts_dir.glob("*.toml")):
-        if path.name == "contrasts.toml" or path.name.endswith(".tuned.toml") or path.stem.startswith("smoke"):
-            continue
-        for r in suite_rows(load_suite(path)):
-            rows[(r.scenario, r.label)] = path.stem
-    return rows
+    return {(r.scenario, r.label): path.stem for path in part_suites(parts_dir) for r in suite_rows(load_suite(path))}
 
 
 def answer_frame(contrasts: pd.DataFrame, frontier: pd.DataFrame, spec: Spec) -> pd.DataFrame:
