@@ -113,6 +113,12 @@ def answer_markdown(frame: pd.DataFrame, spec: Spec, kind: str, expected: dict[t
     return "\n".join(lines) + "\n"
 
 
+def _stream_rank(scenario: str) -> int:
+    """The position of a stream in STREAMS (the table's column order); others last."""
+    order = list(STREAMS)
+    return order.index(scenario) if scenario in order else len(order)
+
+
 def words_markdown(frame: pd.DataFrame, spec: Spec) -> str:
     """The answer in plain words, one bullet per primary contrast, generated from the table."""
     lines = []
@@ -121,8 +127,7 @@ def words_markdown(frame: pd.DataFrame, spec: Spec) -> str:
         if not len(rows):
             lines.append(f"- **{c.name}**: not measured yet.")
             continue
-        order = list(STREAMS)
-        rows = rows.sort_values("scenario", key=lambda col: col.map(lambda s: order.index(s) if s in order else len(order)))
+        rows = rows.sort_values("scenario", key=lambda col: col.map(_stream_rank))
         said = [f"{STREAMS.get(r.scenario, r.scenario)}: {_acc_words(r)}; {r.reading}" for r in rows.itertuples()]
         lines.append(f"- **{c.name}** ({c.row} - {c.control}): " + "; ".join(said) + ".")
     return "\n".join(lines) + "\n"

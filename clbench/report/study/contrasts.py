@@ -16,11 +16,11 @@ be read (docs/study.md):
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import tomllib
 
 from clbench.errors import ConfigError
 from clbench.report.controls import per_seed
