@@ -120,7 +120,7 @@ bench-gap: install
 #                                # runs/study/mnist; finished cells are then
 #                                # copied to reports/study/cells (commit them) and the report rebuilt
 # Without PART every part runs in turn (hours); an interrupted part resumes where it stopped.
-STUDY_PARTS ?= mnist cifar clinc split_mnist_hope cifar_hope pmnist_hope
+STUDY_PARTS ?= mnist cifar clinc split_mnist_hope split_mnist_hope_replay pmnist_hope pmnist_hope_replay cifar_hope cifar_hope_replay
 PART ?= $(STUDY_PARTS)
 
 STUDY_TUNE = OMP_NUM_THREADS=1 $(BIN)/clbench tune suites/study/$$p.toml --protocol first_k --k 3 --seeds 100,101 \
