@@ -153,7 +153,10 @@ def test_forgetting_is_read_only_at_equal_plasticity():
     assert reading(pd.Series(base | {"forgetting_p_holm": 0.2}), 0.03, None) == \
         "equal plasticity: no forgetting difference detected"
     unequal = pd.Series(base | {"plasticity_diff": -0.08})
-    assert reading(unequal, 0.03, None).startswith("not at equal plasticity (plasticity differs by -8.0 pp")
+    assert reading(unequal, 0.03, None) == \
+        "not at equal plasticity (plasticity differs by -8.0 pp; the control has no stability-plasticity sweep)"
+    assert reading(unequal, 0.03, {"n": 0, "gap": math.nan, "p_holm": math.nan}).endswith(
+        "the control's sweep does not reach the row's plasticity)")
     assert "lies above (forgets less than) the control's sweep curve (by 2.0 pp)" in reading(
         unequal, 0.03, {"n": 5, "gap": -0.02, "p_holm": 0.01})
     assert "no difference from the control's sweep curve detected" in reading(

@@ -124,7 +124,9 @@ def reading(row: pd.Series, tolerance: float, frontier: dict | None) -> str:
             return f"equal plasticity: {row['row']} forgets {more} (by {100 * abs(row['forgetting_diff']):.1f} pp)"
         return "equal plasticity: no forgetting difference detected"
     gap = f"plasticity differs by {100 * d_plast:+.1f} pp"
-    if frontier is None or not frontier.get("n"):
+    if frontier is None:
+        return f"not at equal plasticity ({gap}; the control has no stability-plasticity sweep)"
+    if not frontier.get("n"):
         return f"not at equal plasticity ({gap}; the control's sweep does not reach the row's plasticity)"
     if significant(frontier["p_holm"]):
         # The plot's y axis is stability (forgetting, inverted): above the curve = forgets less.
