@@ -20,7 +20,7 @@ from clbench.errors import ConfigError
 from clbench.report.study import build, part_suites
 from clbench.report.study.collect import collect
 from clbench.report.study.contrasts import Contrast, Spec, contrast_frame, load_spec, reading
-from clbench.report.study.frontier import forgetting_on_curve
+from clbench.report.study.frontier import forgetting_on_curve, pareto_front
 from clbench.resolve import expand_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,6 +169,19 @@ def test_the_curve_is_interpolated_per_seed_and_never_extrapolated():
     assert forgetting_on_curve(points, 0, 0.75) == pytest.approx(0.15)
     assert math.isnan(forgetting_on_curve(points, 0, 0.95))  # outside the sweep's range
     assert math.isnan(forgetting_on_curve(points, 1, 0.8))  # one point is no curve
+
+
+def test_the_curve_is_the_controls_frontier_not_a_zigzag_through_every_point():
+    """A knob that reaches one plasticity twice (CLINC150's EWC lambda 1 and 3e4) is read at its
+    better setting: the dominated point is off the curve, and so is the range it would add."""
+    points = pd.DataFrame({"seed": 0, "label": ["1e5", "1", "3e4", "1e4"],
+                           "plasticity": [0.40, 0.76, 0.77, 0.81], "forgetting": [0.05, 0.69, 0.19, 0.29]})
+    assert list(pareto_front(points).label) == ["1e5", "3e4", "1e4"]
+    assert forgetting_on_curve(points, 0, 0.66) == pytest.approx(0.05 + 0.26 / 0.37 * 0.14)
+    dominated_low = pd.DataFrame({"seed": 0, "label": ["a", "b", "c"],
+                                  "plasticity": [0.3, 0.5, 0.8], "forgetting": [0.5, 0.1, 0.2]})
+    assert math.isnan(forgetting_on_curve(dominated_low, 0, 0.4))
+    assert forgetting_on_curve(dominated_low, 0, 0.65) == pytest.approx(0.15)
 
 
 def test_the_contrasts_file_is_checked(tmp_path):

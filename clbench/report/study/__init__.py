@@ -228,9 +228,11 @@ def _frontier_markdown(frame: pd.DataFrame) -> str:
     for r in frame.itertuples():
         lines.append(f"| {r.kind} | {r.contrast} | {STREAMS.get(r.scenario, r.scenario)} | {r.curve} | {r.n} "
                      f"(outside: {r.seeds_outside}) | {_pm(r.gap, r.ci95)} | {fmt_p(r.p)} | {fmt_p(r.p_holm)} |")
-    return "\n".join(lines) + ("\n\nForgetting of the row minus the control's curve interpolated at the row's plasticity, "
-                               "per seed (a seed outside the curve's plasticity range gives no reading). Negative: the "
-                               "row lies above the curve (forgets less at the same plasticity).\n")
+    return "\n".join(lines) + ("\n\nForgetting of the row minus the control's curve at the row's plasticity, per seed. "
+                               "The curve is the control's frontier: its sweep points that no other point of the seed "
+                               "beats on both axes, joined linearly (docs/study.md); a seed outside the frontier's "
+                               "plasticity range gives no reading. Negative: the row lies above the curve (forgets "
+                               "less at the same plasticity).\n")
 
 
 def main(argv: list[str] | None = None) -> int:

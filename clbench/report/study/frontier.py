@@ -6,10 +6,14 @@ lambda, the CMS slow levels' lr multiplier, replay's buffer size). Each point is
 (plasticity, forgetting), per seed.
 
 "Forgets less at equal plasticity" (docs/study.md) is then read per seed: the row's forgetting
-minus the control's curve at the row's plasticity (linear interpolation between the control's
-points of the same seed; a seed whose row plasticity lies outside the control's range gives
-no reading, never an extrapolation). The gaps are tested like any paired difference, and the
-primary readings form their own Holm family.
+minus the control's curve at the row's plasticity. The curve is the control's frontier: its
+points that no other point of the same seed beats on both axes (as plastic or more, and
+forgetting as little or less), joined linearly. A knob often reaches one plasticity twice
+(CLINC150's EWC: lambda 1 and 3e4 learn equally well, one forgets far more), and a
+line through every point by plasticity would zig-zag between them; the frontier is what the
+knob can buy. A seed whose row plasticity lies outside the frontier's range gives no reading,
+never an extrapolation. The gaps are tested like any paired difference, and the primary
+readings form their own Holm family.
 """
 
 from __future__ import annotations
@@ -47,12 +51,23 @@ def curve_points(long: pd.DataFrame, scenario: str, labels: list[str]) -> pd.Dat
     return pd.DataFrame(rows, columns=["seed", "label", "plasticity", "forgetting"])
 
 
+def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
+    """The points no other point beats on both axes (plasticity up, forgetting down), by plasticity."""
+    best_first = points.sort_values(["plasticity", "forgetting"], ascending=[False, True])
+    keep, lowest = [], math.inf
+    for index, forgetting in best_first.forgetting.items():
+        if forgetting < lowest:  # beats every point at least as plastic
+            keep.append(index)
+            lowest = forgetting
+    return points.loc[keep].sort_values("plasticity")
+
+
 def forgetting_on_curve(points: pd.DataFrame, seed: int, plasticity: float) -> float:
-    """The curve of one seed interpolated at `plasticity`; NaN outside its range or with < 2 points."""
-    p = points[points.seed == seed].dropna().sort_values("plasticity")
-    if len(p) < 2 or not p.plasticity.min() <= plasticity <= p.plasticity.max():
+    """The frontier of one seed interpolated at `plasticity`; NaN outside its range or with < 2 points."""
+    front = pareto_front(points[points.seed == seed].dropna())
+    if len(front) < 2 or not front.plasticity.min() <= plasticity <= front.plasticity.max():
         return math.nan
-    return float(np.interp(plasticity, p.plasticity.to_numpy(), p.forgetting.to_numpy()))
+    return float(np.interp(plasticity, front.plasticity.to_numpy(), front.forgetting.to_numpy()))
 
 
 def frontier_frame(long: pd.DataFrame, run: LoadedRun, contrasts: pd.DataFrame) -> pd.DataFrame:
@@ -102,8 +117,9 @@ def plot_scenario(long: pd.DataFrame, run: LoadedRun, scenario: str, highlight: 
     fig, ax = plt.subplots(figsize=(7, 5))
     for arm, labels in curves.items():
         mean = curve_points(long, scenario, labels).groupby("label", sort=False)[["plasticity", "forgetting"]].mean()
-        line = mean.sort_values("plasticity")
-        (handle,) = ax.plot(100 * line.plasticity, 100 * line.forgetting, "o-", label=f"{arm} sweep", alpha=0.8)
+        line = pareto_front(mean)  # the readings use each seed's frontier; this is the mean's
+        (handle,) = ax.plot(100 * line.plasticity, 100 * line.forgetting, "-", label=f"{arm} sweep (frontier)", alpha=0.8)
+        ax.plot(100 * mean.plasticity, 100 * mean.forgetting, "o", color=handle.get_color(), alpha=0.8)
         for label, point in mean.iterrows():
             knob = "tuned" if label == arm else label.rsplit("_", 1)[-1]
             ax.annotate(knob, (100 * point.plasticity, 100 * point.forgetting), fontsize=7,
