@@ -197,6 +197,19 @@ def test_the_contrasts_file_is_checked(tmp_path):
         load_spec(bad)
 
 
+def test_a_label_runs_in_one_part_per_stream(tmp_path):
+    """The report pairs cells by (stream, label, seed): one label in two parts would mix two rows."""
+    from clbench.report.study import expected_rows
+
+    (tmp_path / "a.toml").write_text(SUITE)
+    (tmp_path / "b.toml").write_text(SUITE.replace('name = "s"', 'name = "t"').split("[[variants]]")[0]
+                                     + '[[variants]]\nlabel = "few"\nstrategy = "replay"\n')
+    with pytest.raises(ConfigError, match="row 'few' on pmnist is in parts 'a' and 'b'"):
+        expected_rows(tmp_path)
+    (tmp_path / "b.toml").write_text((tmp_path / "b.toml").read_text().replace('"few"', '"other"'))
+    assert expected_rows(tmp_path)[("pmnist", "other")] == "b"
+
+
 def test_every_primary_row_of_the_design_is_in_a_part():
     """The contrasts name rows the parts run: a renamed label would leave a contrast unmeasured."""
     from clbench.report.study import expected_rows

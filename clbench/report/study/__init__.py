@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clbench.errors import ClbenchError
+from clbench.errors import ClbenchError, ConfigError
 from clbench.report.display import fmt_number, fmt_p, fmt_signed
 from clbench.report.stability import write_stability_gap
 from clbench.report.study.contrasts import Spec, contrast_frame, load_spec, reading, significant
@@ -64,7 +64,14 @@ def expected_rows(parts_dir: Path) -> dict[tuple[str, str], str]:
     from clbench.config import load_suite
     from clbench.resolve import suite_rows
 
-    return {(r.scenario, r.label): path.stem for path in part_suites(parts_dir) for r in suite_rows(load_suite(path))}
+    rows: dict[tuple[str, str], str] = {}
+    for path in part_suites(parts_dir):
+        for r in suite_rows(load_suite(path)):
+            other = rows.setdefault((r.scenario, r.label), path.stem)
+            if other != path.stem:  # the report pairs cells by (stream, label, seed): two rows would mix
+                raise ConfigError(f"row {r.label!r} on {r.scenario} is in parts {other!r} and {path.stem!r}; "
+                                  f"accepted: each label in one part per stream")
+    return rows
 
 
 def answer_frame(contrasts: pd.DataFrame, frontier: pd.DataFrame, spec: Spec) -> pd.DataFrame:
