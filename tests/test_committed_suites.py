@@ -27,9 +27,10 @@ def test_committed_suite_expands(path):
     assert len(cells) >= len(suite.seeds)
     if tuned:
         assert all(c.tuning.get("role") == "tuned" for c in cells if (c.scenario, c.label) in tuned)
+        own_keys = {v.label: v.set for v in suite.variants}
         for c in (c for c in cells if c.tuning.get("role") == "borrowed"):  # a sweep point: its arm's values
-            arm = tuned[(c.scenario, c.tuning["from"])]["values"]
-            assert c.train.lr == pytest.approx(arm["lr"]), c.label
+            arm = tuned[(c.scenario, c.tuning["from"])]["values"]  # except the knob it sets itself
+            assert c.train.lr == pytest.approx(own_keys[c.label].get("lr", arm["lr"])), c.label
 
 
 def test_the_cifar_suites_are_the_ones_make_runs():
