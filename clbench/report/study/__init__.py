@@ -161,7 +161,8 @@ def status_markdown(cells: pd.DataFrame, failed: list, expected: dict[tuple[str,
         if not_run:
             to_run.append(part)
     lines.append("")
-    lines.append(f"Parts still to run: {', '.join(to_run)} (`make study-tune PART=<part> && make study PART=<part>`)."
+    lines.append(f"Parts with rows still to run: {', '.join(to_run)} (`make study PART=<part>` tunes a part that has no "
+                 f"tuned file, then runs only the cells not yet run)."
                  if to_run else "Every row of the design has cells.")
     return "\n".join(lines) + "\n"
 
@@ -206,7 +207,7 @@ def build(report_dir: Path, spec_path: Path = DEFAULT_SPEC, parts_dir: Path = DE
     write("frontier.md", "# Stability-plasticity sweeps\n\n" + generated + _frontier_markdown(frontier))
     for scenario in dict.fromkeys(long.scenario):
         highlight = sorted({x for c in spec.contrasts if c.kind == "primary" for x in (c.row, c.control)})
-        png = plot_scenario(long, run, scenario, highlight)
+        png = plot_scenario(long, run, scenario, highlight, {c.control for c in spec.contrasts})
         if png:
             (report_dir / f"frontier_{scenario}.png").write_bytes(png)
             written.append(report_dir / f"frontier_{scenario}.png")

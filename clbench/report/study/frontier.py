@@ -100,11 +100,13 @@ def frontier_frame(long: pd.DataFrame, run: LoadedRun, contrasts: pd.DataFrame) 
     return frame
 
 
-def plot_scenario(long: pd.DataFrame, run: LoadedRun, scenario: str, highlight: list[str]) -> bytes | None:
-    """Every sweep curve of the stream (mean over seeds per point, knob values named) and the
-    `highlight` rows as points: x plasticity, y forgetting with the axis inverted, so that
-    up is more stable."""
-    curves = {arm: labels for (s, arm), labels in sweep_members(run).items() if s == scenario}
+def plot_scenario(long: pd.DataFrame, run: LoadedRun, scenario: str, highlight: list[str],
+                  controls: set[str]) -> bytes | None:
+    """The sweep curve of every contrast control on the stream (mean over seeds per point, knob
+    values named) and the `highlight` rows as points: x plasticity, y forgetting with the axis
+    inverted, so that up is more stable. A row that borrows another's tuning without being a
+    control's curve (hope_p1 takes hope's lr) draws no curve."""
+    curves = {arm: labels for (s, arm), labels in sweep_members(run).items() if s == scenario and arm in controls}
     if not curves:
         return None
     import matplotlib
