@@ -205,9 +205,10 @@ def build(report_dir: Path, spec_path: Path = DEFAULT_SPEC, parts_dir: Path = DE
           + caption.format(family="exploratory family"))
     frontier.to_csv(report_dir / "frontier.csv", index=False)
     write("frontier.md", "# Stability-plasticity sweeps\n\n" + generated + _frontier_markdown(frontier))
+    highlight = sorted({x for c in spec.contrasts if c.kind == "primary" for x in (c.row, c.control)})
+    controls = {c.control for c in spec.contrasts}
     for scenario in dict.fromkeys(long.scenario):
-        highlight = sorted({x for c in spec.contrasts if c.kind == "primary" for x in (c.row, c.control)})
-        png = plot_scenario(long, run, scenario, highlight, {c.control for c in spec.contrasts})
+        png = plot_scenario(long, run, scenario, highlight, controls)
         if png:
             (report_dir / f"frontier_{scenario}.png").write_bytes(png)
             written.append(report_dir / f"frontier_{scenario}.png")
