@@ -17,7 +17,8 @@ from statsmodels.stats.multitest import multipletests
 from clbench.cli import main
 from clbench.config import load_suite
 from clbench.errors import ConfigError
-from clbench.report.study import build, part_suites
+from clbench.report.load import FailedCell
+from clbench.report.study import answer_frame, answer_markdown, build, part_suites, words_markdown
 from clbench.report.study.collect import collect
 from clbench.report.study.contrasts import Contrast, Spec, contrast_frame, load_spec, reading
 from clbench.report.study.frontier import forgetting_on_curve, pareto_front
@@ -161,6 +162,26 @@ def test_forgetting_is_read_only_at_equal_plasticity():
         unequal, 0.03, {"n": 5, "gap": -0.02, "p_holm": 0.01})
     assert "no difference from the control's sweep curve detected" in reading(
         unequal, 0.03, {"n": 5, "gap": -0.02, "p_holm": 0.3})
+
+
+def test_a_contrast_read_on_fewer_seeds_names_the_failed_cells():
+    """A diverged cell drops its seed from the pairing: the table and the words must say which
+    side failed where, and a side with no ok cell at all is "not measured", not "not yet run"."""
+    values = {("pmnist", label, m): [0.5 + 0.01 * k for k in range(3)]
+              for label in ("hope", "tf") for m in ("acc", "forgetting", "plasticity")}
+    spec = Spec(0.03, (Contrast("H vs T", "hope", "tf", "primary"), Contrast("H vs R", "hope", "tfr", "primary")))
+    answer = answer_frame(contrast_frame(_long(values), spec), pd.DataFrame(), spec)
+    failed = [FailedCell("p", f"c{k}", "pmnist", label, k, "NonFiniteLossError: HOPE diverged")
+              for label, k in (("hope", 4), ("hope", 3), ("tfr", 0), ("other", 1))]
+    failed.append(FailedCell("p", "c9", "split_mnist", "hope", 0, "RuntimeError: elsewhere"))
+    expected = {("pmnist", x): "part" for x in ("hope", "tf", "tfr")}
+    table = answer_markdown(answer, spec, "primary", expected, failed)
+    assert "n=3<br>" in table and "<br>hope failed in seeds 3, 4 (NonFiniteLossError) |" in table
+    assert ("| not measured: hope failed in seeds 3, 4 (NonFiniteLossError); tfr failed in seed 0 "
+            "(NonFiniteLossError) |") in table
+    assert "RuntimeError" not in table and "other" not in table  # another stream's and another row's cells
+    assert "(3 seeds paired: hope failed in seeds 3, 4 (NonFiniteLossError))" in words_markdown(answer, spec, failed)
+    assert "failed" not in answer_markdown(answer, spec, "primary", expected)
 
 
 def test_the_curve_is_interpolated_per_seed_and_never_extrapolated():
