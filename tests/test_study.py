@@ -162,6 +162,8 @@ def test_forgetting_is_read_only_at_equal_plasticity():
         unequal, 0.03, {"n": 5, "gap": -0.02, "p_holm": 0.01})
     assert "no difference from the control's sweep curve detected" in reading(
         unequal, 0.03, {"n": 5, "gap": -0.02, "p_holm": 0.3})
+    assert reading(unequal, 0.03, {"n": 1, "gap": -0.002, "p_holm": math.nan}).endswith(
+        "the control's sweep reaches the row's plasticity in only 1 seed: not tested)")
 
 
 def test_a_contrast_read_on_fewer_seeds_names_the_failed_cells():

@@ -128,6 +128,9 @@ def reading(row: pd.Series, tolerance: float, frontier: dict | None) -> str:
         return f"not at equal plasticity ({gap}; the control has no stability-plasticity sweep)"
     if not frontier.get("n"):
         return f"not at equal plasticity ({gap}; the control's sweep does not reach the row's plasticity)"
+    if frontier["n"] < 2:  # one paired seed is a reading, not a test
+        return (f"not at equal plasticity ({gap}; the control's sweep reaches the row's plasticity in only "
+                f"{frontier['n']} seed: not tested)")
     if significant(frontier["p_holm"]):
         # The plot's y axis is stability (forgetting, inverted): above the curve = forgets less.
         side = "above (forgets less than)" if frontier["gap"] < 0 else "below (forgets more than)"
