@@ -61,7 +61,7 @@ def failures(failed, scenario: str, labels) -> str:
             by_label.setdefault(f.label, []).append(f)
     said = []
     for label in labels:
-        mine = sorted(by_label.get(label, []), key=lambda f: str(f.seed))
+        mine = sorted(by_label.get(label, []), key=lambda f: (str(f.seed).isdigit(), str(f.seed).zfill(9)))
         if mine:
             kinds = sorted({f.error.split(":", 1)[0].strip() for f in mine})
             said.append(f"{label} failed in seed{'s' if len(mine) > 1 else ''} "
