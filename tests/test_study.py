@@ -153,6 +153,8 @@ def test_forgetting_is_read_only_at_equal_plasticity():
     assert reading(pd.Series(base), 0.03, None) == "equal plasticity: cms forgets less (by 5.0 pp)"
     assert reading(pd.Series(base | {"forgetting_p_holm": 0.2}), 0.03, None) == \
         "equal plasticity: no forgetting difference detected"
+    assert reading(pd.Series(base | {"forgetting_p_holm": math.nan, "forgetting_status": "too few"}), 0.03, None) == \
+        "equal plasticity: too few paired seeds to test forgetting"
     unequal = pd.Series(base | {"plasticity_diff": -0.08})
     assert reading(unequal, 0.03, None) == \
         "not at equal plasticity (plasticity differs by -8.0 pp; the control has no stability-plasticity sweep)"

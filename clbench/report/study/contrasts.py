@@ -24,7 +24,7 @@ import tomllib
 
 from clbench.errors import ConfigError
 from clbench.report.controls import per_seed
-from clbench.report.stats import ALPHA, PairedDiff, holm, paired_diff
+from clbench.report.stats import ALPHA, TOO_FEW, PairedDiff, holm, paired_diff
 
 KINDS = ("primary", "exploratory")
 TESTED = ("acc", "forgetting")
@@ -119,6 +119,8 @@ def reading(row: pd.Series, tolerance: float, frontier: dict | None) -> str:
     if not math.isfinite(d_plast):
         return "plasticity unknown: forgetting not read"
     if abs(d_plast) < tolerance:
+        if row.get("forgetting_status") == TOO_FEW:  # one paired seed: a difference, not a test
+            return "equal plasticity: too few paired seeds to test forgetting"
         if significant(row["forgetting_p_holm"]):
             more = "less" if row["forgetting_diff"] < 0 else "more"
             return f"equal plasticity: {row['row']} forgets {more} (by {100 * abs(row['forgetting_diff']):.1f} pp)"
