@@ -103,7 +103,20 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(), "torch": torch.__version__, "avalanche": avalanche.__version__,
         "clbench": clbench.__version__, "device": str(device), "git_sha": _GIT_SHA, "hostname": socket.gethostname(),
         "torch_threads": torch.get_num_threads(), **lock_record(),
+        # CPU results repeat bit for bit only under the same kernels: torch dispatches by ISA
+        # (AVX2 vs AVX512 reorders float sums), so a rerun on another CPU moves within noise.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu_model(),
     }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _now() -> str:

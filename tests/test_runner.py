@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from clbench.errors import RunDirConflictError
 from clbench.resolve import resolve_config
@@ -39,6 +40,7 @@ def test_cell_result_has_full_matrix_and_schema(tmp_path, data_root):
     assert all(0.0 <= v <= 1.0 for row in stored["matrix"] for v in row)
     assert stored["config"]["scenario_args"]["n_experiences"] == 3
     assert stored["env"]["avalanche"] == "0.6.0" and stored["num_params"] > 0
+    assert stored["env"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and stored["env"]["cpu"]
     # Which install made it: the committed lock's SHA-256, and that this venv matches the lock.
     lock = Path(__file__).resolve().parent.parent / "requirements" / "lock.txt"
     assert stored["env"]["lock_sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
