@@ -57,7 +57,7 @@ from torch import nn
 
 from clbench import fastdata
 from clbench.resolve import resolve_config
-from clbench.runner import run_cell, seed_everything
+from clbench.runner import cpu_model, run_cell, seed_everything
 from clbench.scenarios.datasets import load_mnist
 
 HERE = Path(__file__).resolve().parent
@@ -240,12 +240,8 @@ def timed(run, strategy: str, data_root: str) -> tuple[float, float, float]:
 
 
 def machine() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.machine()
     return (
-        f"{os.cpu_count()} CPUs ({cpu}), torch threads {torch.get_num_threads()}, python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs ({cpu_model()}), torch threads {torch.get_num_threads()}, python {platform.python_version()}, "
         f"torch {torch.__version__}, avalanche {__import__('avalanche').__version__}"
     )
 

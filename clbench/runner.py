@@ -105,11 +105,12 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(), **lock_record(),
         # CPU results repeat bit for bit only under the same kernels: torch dispatches by ISA
         # (AVX2 vs AVX512 reorders float sums), so a rerun on another CPU moves within noise.
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_model(),
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what platform knows of it."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
